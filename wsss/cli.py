@@ -1,0 +1,221 @@
+"""The `wsss` command: run the pipeline, show configs, make and import datasets."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from wsss.platform.config import ConfigError, WsssConfig, load_config, preset_names, to_yaml
+from wsss.platform.datasets.adapters import ADAPTERS, import_dataset
+from wsss.platform.datasets.manifest import DATASET_FILE, DatasetError, write_atomic
+from wsss.platform.datasets.stats import dataset_stats, format_stats
+from wsss.platform.datasets.synthetic import build_synthetic_dataset
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser, default_preset: str | None) -> None:
+    parser.add_argument(
+        "--preset",
+        default=default_preset,
+        help=f"shipped preset: {', '.join(preset_names())} (default: {default_preset})",
+    )
+    parser.add_argument("--config", type=Path, help="YAML file merged over the preset")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one value, e.g. --set step2.sem_seg_bg_thres=0.5 (repeatable)",
+    )
+
+
+def _config(args: argparse.Namespace) -> WsssConfig:
+    return load_config(args.preset, args.config, args.overrides)
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    print(to_yaml(_config(args)), end="")
+    return 0
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    for key, value in (
+        ("image_size", args.size),
+        ("num_classes", args.classes),
+        ("train_images", args.train),
+        ("val_images", args.val),
+        ("test_images", args.test),
+        ("workers", args.workers),
+    ):
+        if value is not None:
+            overrides.append(f"data.synthetic.{key}={value}")
+    config = load_config(args.preset, args.config, overrides)
+    seed = config.seed if args.seed is None else args.seed
+    synthetic = config.data.synthetic
+    print(
+        f"drawing {synthetic.train_images + synthetic.val_images + synthetic.test_images} "
+        f"images ({synthetic.image_size}px, {synthetic.num_classes} classes, seed {seed}) "
+        f"into {args.out} with {synthetic.workers} worker(s)",
+        flush=True,
+    )
+    started = time.perf_counter()
+    build_synthetic_dataset(args.out, synthetic, seed)
+    print(f"done in {time.perf_counter() - started:.1f}s\n")
+    print(format_stats(dataset_stats(args.out, synthetic.dominant_class)))
+    return 0
+
+
+def _parse_options(pairs: Sequence[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise DatasetError(f"--option {pair!r}: expected KEY=VALUE")
+        options[key] = value
+    return options
+
+
+def _data_import(args: argparse.Namespace) -> int:
+    info, rows, rejects = import_dataset(
+        args.format,
+        args.src,
+        args.out,
+        name=args.name,
+        workers=args.workers,
+        strict=args.strict,
+        **_parse_options(args.option),
+    )
+    print(f"imported {len(rows)} image(s) from {args.src} ({args.format}) into {args.out}")
+    print("per split: " + ", ".join(f"{split} {n}" for split, n in info.counts.items()))
+    if rejects:
+        print(f"rejected {len(rejects)} (reasons in {Path(args.out) / 'rejected.jsonl'}):")
+        for reject in rejects[:20]:
+            print(f"  {reject.file}: {reject.reason}")
+        if len(rejects) > 20:
+            print(f"  ... and {len(rejects) - 20} more")
+    return 0
+
+
+def _data_stats(args: argparse.Namespace) -> int:
+    stats = dataset_stats(args.dir, args.dominant_class)
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    return 0
+
+
+def _synthetic_folder(runs_dir: Path, config: WsssConfig) -> Path:
+    """Datasets are shared by every run with the same generator settings and seed."""
+    settings = json.dumps(
+        {"seed": config.seed, **config.data.synthetic.model_dump(exclude={"workers"})},
+        sort_keys=True,
+    )
+    key = hashlib.sha256(settings.encode()).hexdigest()[:12]
+    return runs_dir / "datasets" / f"synthetic-{key}"
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    run_dir = args.runs_dir / config.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "config.yaml", to_yaml(config))
+    print(f"run {config.name}: resolved config in {run_dir / 'config.yaml'}", flush=True)
+
+    started = time.perf_counter()
+    if config.data.source == "synthetic":
+        dataset_dir = _synthetic_folder(args.runs_dir, config)
+        if (dataset_dir / DATASET_FILE).is_file():
+            print(f"[data] reusing the synthetic set in {dataset_dir}")
+        else:
+            print(f"[data] drawing the synthetic set into {dataset_dir}", flush=True)
+            build_synthetic_dataset(dataset_dir, config.data.synthetic, config.seed)
+    else:
+        if config.data.root is None:
+            raise ConfigError(
+                f"config key data.root: data.source {config.data.source!r} needs the folder of "
+                "an imported dataset (wsss data import ... --out DIR)"
+            )
+        dataset_dir = config.data.root
+    stats = dataset_stats(dataset_dir, config.data.synthetic.dominant_class)
+    print(f"[data] ready in {time.perf_counter() - started:.1f}s\n")
+    print(format_stats(stats))
+    write_atomic(run_dir / "dataset_stats.json", json.dumps(stats, indent=2) + "\n")
+    print(
+        "\nThis version stops here: steps 1-3 (classifier + CAM + CRF, IRNet, DeepLabV3+) are "
+        "not implemented yet, so no segmentation metric is reported."
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsss",
+        description="Weakly supervised semantic segmentation from image-level labels, on Ray.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the three-step pipeline")
+    _add_config_arguments(run, "demo")
+    run.add_argument("--runs-dir", type=Path, default=Path("runs"), help="default: ./runs")
+    run.set_defaults(handler=_run)
+
+    config = commands.add_parser("config", help="inspect configs")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    show = config_commands.add_parser("show", help="print the resolved config as YAML")
+    _add_config_arguments(show, "demo")
+    show.set_defaults(handler=_config_show)
+
+    data = commands.add_parser("data", help="make, import and inspect datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    synth = data_commands.add_parser("synth", help="draw the built-in synthetic dataset")
+    synth.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    _add_config_arguments(synth, "demo")
+    synth.add_argument("--seed", type=int, help="dataset seed (default: the config's seed)")
+    synth.add_argument("--size", type=int, help="image side in pixels")
+    synth.add_argument("--classes", type=int, help="number of object classes")
+    synth.add_argument("--train", type=int, help="number of train images")
+    synth.add_argument("--val", type=int, help="number of val images")
+    synth.add_argument("--test", type=int, help="number of test images")
+    synth.add_argument("--workers", type=int, help="drawing processes")
+    synth.set_defaults(handler=_data_synth)
+
+    imp = data_commands.add_parser("import", help="import a dataset layout into a manifest")
+    imp.add_argument("format", choices=sorted(ADAPTERS), help="source layout")
+    imp.add_argument("src", type=Path, help="the layout's root folder")
+    imp.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    imp.add_argument("--name", help="dataset name (default: the source folder's name)")
+    imp.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
+    imp.add_argument("--strict", action="store_true", help="fail if any row is rejected")
+    imp.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="adapter option, e.g. labels_from=xml (voc), synset_map=FILE (lid), "
+        "labels=FILE (folder)",
+    )
+    imp.set_defaults(handler=_data_import)
+
+    stats = data_commands.add_parser("stats", help="summarise a dataset folder")
+    stats.add_argument("dir", type=Path)
+    stats.add_argument("--dominant-class", default="person")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stats.set_defaults(handler=_data_stats)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, DatasetError) as exc:
+        print(f"wsss: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

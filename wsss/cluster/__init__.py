@@ -1,0 +1,1 @@
+"""Cluster configs: cluster launcher YAML, KubeRay RayJob, runtime env, local multi-node helper."""

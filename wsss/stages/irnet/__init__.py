@@ -1,0 +1,1 @@
+"""Step 2: IRNet — class boundaries, displacement field and random-walk propagation (paper 3.2)."""
