@@ -123,7 +123,7 @@ def test_lid_train_labels_from_the_authors_json_lists(tmp_path: Path):
 def test_lid_without_a_synset_map_says_what_it_needs(tmp_path: Path):
     src = _lid(tmp_path / "LID")
     (src / "map_det.txt").unlink()
-    with pytest.raises(DatasetError, match="map_det.txt"):
+    with pytest.raises(DatasetError, match=r"map_det\.txt"):
         import_dataset("lid", src, tmp_path / "ds")
 
 
@@ -251,5 +251,5 @@ def test_mask_values_outside_the_class_list_are_rejected(tmp_path: Path):
 
 
 def test_unknown_format_lists_the_valid_ones(tmp_path: Path):
-    with pytest.raises(DatasetError, match="valid formats: .*folder.*lid.*synthetic.*voc|voc"):
+    with pytest.raises(DatasetError, match=r"valid formats: .*folder"):
         import_dataset("coco", tmp_path, tmp_path / "ds")

@@ -90,7 +90,7 @@ def test_closed_choices_list_the_options():
 
 
 def test_swapped_confidence_thresholds_are_refused():
-    with pytest.raises(ConfigError, match="conf_fg_thres .* must be > conf_bg_thres"):
+    with pytest.raises(ConfigError, match=r"conf_fg_thres .* must be > conf_bg_thres"):
         load_config("smoke", overrides=["step1.conf_fg_thres=0.05", "step1.conf_bg_thres=0.3"])
 
 
