@@ -1,0 +1,1 @@
+"""Ray Data input pipelines: decoding, augmentation, class balancing."""
