@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from wsss.platform.datasets.images import IGNORE_INDEX, read_mask
-from wsss.platform.datasets.manifest import SPLITS, load_dataset
+from wsss.platform.datasets.manifest import SPLITS, ManifestRow, load_dataset
 
 ORACLE_LABELS = Path("oracle/labels.json")
 
@@ -32,19 +32,25 @@ def dataset_stats(dataset_dir: Path | str, dominant_class: str = "person") -> di
     total = sum(train_counts.values())
     top3 = sum(n for _, n in train_counts.most_common(3)) / total if total else None
 
-    with_dominant = [r for r in rows if dominant_class in r.labels]
+    oracle_path = info.root / ORACLE_LABELS
+    truth: dict[str, list[str]] = (
+        json.loads(oracle_path.read_text()) if oracle_path.is_file() else {}
+    )
+
+    def true_labels(row: ManifestRow) -> tuple[str, ...] | list[str]:
+        # Co-occurrence is a property of the images, not of the (possibly incomplete) labels.
+        return truth.get(row.id, row.labels)
+
+    with_dominant = [r for r in rows if dominant_class in true_labels(r)]
     cooccurrence = (
-        sum(len(r.labels) > 1 for r in with_dominant) / len(with_dominant)
+        sum(len(true_labels(r)) > 1 for r in with_dominant) / len(with_dominant)
         if with_dominant
         else None
     )
-    oracle_path = info.root / ORACLE_LABELS
     missing_rate = None
-    if oracle_path.is_file():
-        truth = json.loads(oracle_path.read_text())
-        showing = [r for r in train if dominant_class in truth.get(r.id, [])]
-        if showing:
-            missing_rate = sum(dominant_class not in r.labels for r in showing) / len(showing)
+    showing = [r for r in train if r.id in truth and dominant_class in truth[r.id]]
+    if showing:
+        missing_rate = sum(dominant_class not in r.labels for r in showing) / len(showing)
 
     coverages = []
     for row in rows:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -38,8 +37,10 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from wsss.platform.config import SyntheticConfig
+from wsss.platform.datasets.adapters import import_dataset
 from wsss.platform.datasets.images import IGNORE_INDEX, write_palette_png
 from wsss.platform.datasets.manifest import BACKGROUND, SPLITS, write_atomic
+from wsss.platform.datasets.stats import dataset_stats
 
 SUMMARY_FILE = "synth_summary.json"
 ORACLE_DIR = "oracle"
@@ -483,61 +484,17 @@ def _render_chunk(args: tuple[Path, SyntheticConfig, int, str, list[int]]) -> li
             else out / ("SegmentationClass")
         )
         write_palette_png(mask_dir / f"{image_id}.png", drawn.mask)
-        foreground = drawn.mask != 0
-        records.append(
-            {
-                "id": image_id,
-                "split": split,
-                "labels": drawn.labels,
-                "given": given,
-                "coverage": float(foreground.mean()),
-            }
-        )
+        records.append({"id": image_id, "split": split, "labels": drawn.labels})
     return records
 
 
-def _summary(config: SyntheticConfig, classes: list[str], records: list[dict]) -> dict:
-    dominant = config.dominant_class
-    per_class = {split: Counter() for split in SPLITS}
-    for r in records:
-        labels = r["given"] if r["split"] == "train" else r["labels"]
-        per_class[r["split"]].update(labels)
-    train = [r for r in records if r["split"] == "train"]
-    with_dominant = [r for r in records if dominant in r["labels"]]
-    train_with_dominant = [r for r in train if dominant in r["labels"]]
-    train_counts = Counter(label for r in train for label in r["labels"])
-    total = sum(train_counts.values())
-    top3 = sum(n for _, n in train_counts.most_common(3)) / total if total else 0.0
-    return {
-        "classes": classes,
-        "images": {split: sum(r["split"] == split for r in records) for split in SPLITS},
-        "images_per_class": {
-            split: {c: per_class[split][c] for c in classes[1:]} for split in SPLITS
-        },
-        "top3_label_share": top3,
-        "dominant_class": dominant,
-        "dominant_cooccurrence": (
-            sum(len(r["labels"]) > 1 for r in with_dominant) / len(with_dominant)
-            if with_dominant
-            else 0.0
-        ),
-        "missing_label_rate": (
-            sum(dominant not in r["given"] for r in train_with_dominant) / len(train_with_dominant)
-            if train_with_dominant
-            else 0.0
-        ),
-        "mean_object_coverage": float(np.mean([r["coverage"] for r in records])),
-        "mean_labels_per_image": float(np.mean([len(r["labels"]) for r in records])),
-    }
-
-
-def generate(out: Path, config: SyntheticConfig, seed: int = 0) -> dict:
-    """Write the synthetic set in the VOC layout under `out` and return its summary.
+def generate(out: Path, config: SyntheticConfig, seed: int = 0) -> None:
+    """Write the synthetic set in the VOC layout under `out`.
 
     Layout: JPEGImages/, Annotations/ (image-level labels as VOC XML objects; the dominant
     class dropped where its label is missing), SegmentationClass/ (val, test),
     ImageSets/Segmentation/{train,val,test}.txt, classes.txt, oracle/ (train masks and true
-    labels), synth_summary.json.
+    labels).
     """
     out = Path(out)
     for folder in ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation"):
@@ -563,16 +520,13 @@ def generate(out: Path, config: SyntheticConfig, seed: int = 0) -> dict:
     (out / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
     oracle = {r["id"]: r["labels"] for r in records if r["split"] == "train"}
     (out / ORACLE_DIR / "labels.json").write_text(json.dumps(oracle))
-    summary = _summary(config, classes, records)
-    write_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
 def build_synthetic_dataset(out: Path, config: SyntheticConfig, seed: int = 0) -> dict:
-    """Generate the set under `out` and import it there as a dataset folder; returns the
-    generator's summary. The import runs the same checks as any real dataset's."""
-    from wsss.platform.datasets.adapters import import_dataset
-
-    summary = generate(out, config, seed)
+    """Generate the set under `out`, import it there as a dataset folder (the same checks as
+    any real dataset's), and write and return its statistics (`synth_summary.json`)."""
+    generate(out, config, seed)
     import_dataset("synthetic", out, out, name=f"synthetic-{seed}", workers=config.workers)
+    summary = dataset_stats(out, config.dominant_class)
+    write_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return summary
