@@ -1,0 +1,249 @@
+"""One Ray Train loop for all three steps.
+
+The steps differ only in what a `TrainTask` names: the model, its parameter groups and
+optimizer, the loss of a batch, and (optionally) how a validation batch is scored and how the
+scores become metrics. Everything else is shared: DDP through `ray.train.torch.prepare_model`,
+data from the Ray Dataset shards, the poly schedule, a checkpoint every epoch holding the whole
+training state plus the best model so far, resumption from the latest checkpoint after a lost
+worker (`FailureConfig`) or a restarted driver (same run name and storage path), and per-epoch
+progress lines. The function runs unchanged on one CPU or many GPUs.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+from torch import nn
+
+from wsss.platform.config import RayConfig
+
+STATE_FILE = "state.pt"
+
+BatchLoss = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+EvalBatch = Callable[[nn.Module, dict[str, torch.Tensor]], dict[str, np.ndarray]]
+EvalSummary = Callable[[dict[str, np.ndarray]], dict[str, Any]]
+
+
+@dataclass
+class TrainTask:
+    """What one step trains and how. Every callable must be picklable (module-level)."""
+
+    name: str
+    build_model: Callable[[], nn.Module]
+    param_groups: Callable[[nn.Module], list[dict[str, Any]]]
+    batch_loss: BatchLoss
+    epochs: int
+    batch_size: int
+    steps_per_epoch: int
+    optimizer: Literal["adam", "sgd"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    poly_power: float | None = 0.9
+    eval_batch: EvalBatch | None = None
+    eval_summary: EvalSummary | None = None
+    select_metric: str | None = None
+    seed: int = 0
+    batch_dtypes: dict[str, torch.dtype] = field(default_factory=dict)
+
+
+@dataclass
+class TrainOutput:
+    """The selected model (best epoch by `select_metric`, else the last) and what came with it."""
+
+    model_state: dict[str, torch.Tensor]
+    metrics: dict[str, Any]
+    extras: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def _optimizer(task: TrainTask, model: nn.Module) -> torch.optim.Optimizer:
+    groups = task.param_groups(model)
+    if task.optimizer == "adam":
+        return torch.optim.Adam(groups, weight_decay=task.weight_decay)
+    return torch.optim.SGD(groups, momentum=task.momentum, weight_decay=task.weight_decay)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _gather(outputs: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    """Concatenate this worker's eval outputs with every other worker's."""
+    local = {k: np.concatenate(v) if v else np.zeros(0) for k, v in outputs.items()}
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return local
+    everyone: list[dict[str, np.ndarray]] = [None] * torch.distributed.get_world_size()  # type: ignore[list-item]
+    torch.distributed.all_gather_object(everyone, local)
+    keys = set().union(*(part.keys() for part in everyone))
+    return {
+        k: np.concatenate([part[k] for part in everyone if k in part and part[k].size])
+        for k in keys
+    }
+
+
+def _evaluate(task: TrainTask, model: nn.Module) -> tuple[dict[str, float], dict[str, Any]]:
+    if task.eval_batch is None or task.eval_summary is None:
+        return {}, {}
+    model.eval()
+    outputs: dict[str, list[np.ndarray]] = {}
+    shard = ray.train.get_dataset_shard("val")
+    with torch.no_grad():
+        for batch in shard.iter_torch_batches(
+            batch_size=task.batch_size, dtypes=task.batch_dtypes or None
+        ):
+            for key, value in task.eval_batch(model, batch).items():
+                outputs.setdefault(key, []).append(value)
+    summary = task.eval_summary(_gather(outputs))
+    metrics = {k: float(v) for k, v in summary.items() if isinstance(v, int | float)}
+    # Extras (e.g. per-class thresholds) travel in checkpoints, which load with weights_only.
+    extras = {k: np.asarray(v).tolist() for k, v in summary.items() if k not in metrics}
+    return metrics, extras
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The per-worker training function handed to `TorchTrainer` (config: {"task": TrainTask})."""
+    task: TrainTask = config["task"]
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    torch.manual_seed(task.seed)
+    model = task.build_model()
+    optimizer = _optimizer(task, model)
+    total_steps = max(1, task.epochs * task.steps_per_epoch)
+    scheduler = (
+        torch.optim.lr_scheduler.PolynomialLR(
+            optimizer, total_iters=total_steps, power=task.poly_power
+        )
+        if task.poly_power is not None
+        else None
+    )
+    start_epoch, best_value = 0, -math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    best_metrics: dict[str, Any] = {}
+    best_extras: dict[str, Any] = {}
+    history: list[dict[str, Any]] = []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / STATE_FILE, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        start_epoch = state["epoch"] + 1
+        best_value, best_state = state["best_value"], state["best_model"]
+        best_metrics, best_extras, history = (
+            state["best_metrics"],
+            state["best_extras"],
+            state["history"],
+        )
+        if rank == 0:
+            print(f"[{task.name}] resuming after epoch {start_epoch} from {checkpoint.path}")
+    model = ray.train.torch.prepare_model(model)
+    train_shard = ray.train.get_dataset_shard("train")
+
+    for epoch in range(start_epoch, task.epochs):
+        started = time.perf_counter()
+        model.train()
+        losses = []
+        for batch in train_shard.iter_torch_batches(
+            batch_size=task.batch_size, dtypes=task.batch_dtypes or None, drop_last=False
+        ):
+            loss = task.batch_loss(model, batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None and scheduler.last_epoch < total_steps:
+                scheduler.step()
+            losses.append(float(loss.detach()))
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": float(np.mean(losses)) if losses else math.nan,
+        }
+        eval_metrics, extras = _evaluate(task, model)
+        metrics.update(eval_metrics)
+        metrics["epoch_s"] = time.perf_counter() - started
+        history.append(metrics)
+        value = metrics.get(task.select_metric, -math.inf) if task.select_metric else epoch
+        if best_state is None or value > best_value:
+            best_value = value
+            best_state = {
+                k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()
+            }
+            best_metrics, best_extras = dict(metrics), extras
+        if rank == 0:
+            shown = " ".join(
+                f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("epoch", "epoch_s")
+            )
+            took = metrics["epoch_s"]
+            print(
+                f"[{task.name}] epoch {epoch + 1}/{task.epochs} {shown} ({took:.1f}s)", flush=True
+            )
+        with tempfile.TemporaryDirectory() as folder:
+            saved = None
+            if rank == 0:
+                torch.save(
+                    {
+                        "model": _unwrap(model).state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "epoch": epoch,
+                        "best_value": best_value,
+                        "best_model": best_state,
+                        "best_metrics": best_metrics,
+                        "best_extras": best_extras,
+                        "history": history,
+                    },
+                    Path(folder) / STATE_FILE,
+                )
+                saved = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=saved)
+
+
+def fit(
+    task: TrainTask,
+    datasets: dict[str, ray.data.Dataset],
+    ray_config: RayConfig,
+    storage: Path,
+    run_name: str,
+    max_failures: int = 2,
+) -> TrainOutput:
+    """Train `task` with a `TorchTrainer` over `ray_config.num_workers` workers.
+
+    Checkpoints go to `storage/run_name`; starting again with the same arguments resumes from
+    the latest one. `datasets` holds "train" and, if the task evaluates, "val" (both split
+    across workers).
+    """
+    trainer = ray.train.torch.TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"task": task},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=ray_config.num_workers,
+            use_gpu=ray_config.use_gpu,
+            resources_per_worker={"CPU": ray_config.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=str(Path(storage).resolve()),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets,
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"{task.name}: training finished without a checkpoint ({result.error})")
+    with result.checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / STATE_FILE, weights_only=True)
+    return TrainOutput(
+        state["best_model"], state["best_metrics"], state["best_extras"], state["history"]
+    )
