@@ -1,0 +1,54 @@
+"""The step-3 segmentation network (paper 3.3): DeepLabV3+ over a dilated encoder.
+
+Built by segmentation-models-pytorch. The model expects ImageNet-normalised RGB, float32
+[B, 3, H, W] with H and W divisible by its output stride (`tta.tta_probabilities` pads other
+sizes), and returns per-class logits [B, num_classes, H, W].
+
+The poly learning-rate schedule of every step is torch's own
+`torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_steps, power=0.9)`, which
+gives `base_lr * (1 - step / total_steps) ** 0.9`; nothing here re-implements it.
+"""
+
+import difflib
+from typing import Literal
+
+import segmentation_models_pytorch as smp
+from segmentation_models_pytorch.encoders import encoders as smp_encoders
+from segmentation_models_pytorch.encoders import get_encoder_names
+from torch import nn
+
+# Shown when an unknown name resembles nothing: the paper's encoders (Table 3) and a small one.
+_SUGGESTED_ENCODERS = ("resnet18", "resnet50", "resnet101")
+
+
+def create_segmentation_model(
+    encoder: str,
+    num_classes: int,
+    weights: Literal["imagenet"] | None = None,
+    output_stride: Literal[8, 16] = 16,
+) -> nn.Module:
+    """DeepLabV3+ with `num_classes` output channels (background included) on `encoder`.
+
+    `encoder` is any segmentation-models-pytorch encoder name (`resnet50`, `resnet101`, ...);
+    an unknown one raises ValueError listing the closest valid names. `weights="imagenet"`
+    downloads the encoder's ImageNet weights on first use; `None` initialises randomly. The
+    encoder's last stages trade stride for dilation so its deepest feature map is
+    H / `output_stride` (paper 3.3: "stride replaced with dilation").
+    """
+    names = get_encoder_names()
+    if encoder not in names:
+        suggestions = difflib.get_close_matches(encoder, names, n=5) or _SUGGESTED_ENCODERS
+        raise ValueError(
+            f"unknown encoder {encoder!r}; valid names include {', '.join(suggestions)} "
+            f"({len(names)} in all: segmentation_models_pytorch.encoders.get_encoder_names())"
+        )
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if weights is not None and weights not in smp_encoders[encoder]["pretrained_settings"]:
+        raise ValueError(f"encoder {encoder!r} has no {weights!r} weights")
+    return smp.DeepLabV3Plus(
+        encoder_name=encoder,
+        encoder_weights=weights,
+        encoder_output_stride=output_stride,
+        classes=num_classes,
+    )
