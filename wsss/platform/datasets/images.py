@@ -76,7 +76,7 @@ def read_rgb(path: Path | str) -> np.ndarray:
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(canvas, rgba)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
 def image_size(path: Path | str) -> tuple[int, int]:
@@ -96,7 +96,7 @@ def read_mask(path: Path | str) -> np.ndarray:
             f"mask must be a palette (P) or greyscale (L) image of class indices, got mode "
             f"{image.mode}",
         )
-    return np.asarray(image, dtype=np.uint8)
+    return np.array(image, dtype=np.uint8)
 
 
 def write_palette_png(path: Path | str, mask: np.ndarray) -> None:

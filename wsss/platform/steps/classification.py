@@ -1,0 +1,349 @@
+"""Step 1 on Ray: train the multi-label classifier (and the binary one for an excluded class),
+extract CAMs on an actor pool, refine them with the dense CRF as parallel tasks, write IRNet's
+confident labels, and score CAM and CAM+CRF against the val masks (paper 3.1, Table 2 row 1).
+
+Artifacts in the step folder: `classifier.pt` (weights, class list, per-class thresholds),
+`binary_<class>.pt`, `cams/<id>.npz` (float16 CAMs at `cam_stride` for the kept classes,
+their dataset class indices, the classifier's scores), `ir_labels/<id>.png` (train images;
+0 background, class index, 255 unsure) and `summary.json`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wsss.platform.config import ClassificationConfig, WsssConfig
+from wsss.platform.crf import refine_labels
+from wsss.platform.data.balance import balance, binary_task_rows, remove_classes
+from wsss.platform.data.pipeline import decoded_dataset, rows_dataset, to_model_input
+from wsss.platform.datasets.images import read_mask, read_rgb, write_palette_png
+from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
+from wsss.platform.metrics import ConfusionMatrix
+from wsss.platform.training import TrainOutput, TrainTask, fit
+from wsss.stages.classification.backbones import create_classifier
+from wsss.stages.classification.cam import (
+    cam_to_mask,
+    confident_labels,
+    multiscale_cam,
+    normalise_cams,
+)
+from wsss.stages.classification.selection import best_thresholds, macro_f1
+
+CLASSIFIER_FILE = "classifier.pt"
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """Which dataset classes a classifier predicts, in output order (dataset class indices)."""
+
+    backbone: str
+    class_indices: tuple[int, ...]
+
+
+def _build(backbone: str, num_outputs: int, weights: str | None) -> torch.nn.Module:
+    return create_classifier(backbone, num_outputs, weights)
+
+
+def _param_groups(model: torch.nn.Module, lr_pretrained: float, lr_new: float) -> list[dict]:
+    pretrained, new = model.parameter_groups()
+    return [
+        {"params": [p for p in pretrained if p.requires_grad], "lr": lr_pretrained},
+        {"params": new, "lr": lr_new},
+    ]
+
+
+def _bce_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    logits = model(to_model_input(batch["image"]))
+    return F.binary_cross_entropy_with_logits(logits, batch["target"])
+
+
+def _scores(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    scores = torch.sigmoid(model(to_model_input(batch["image"])))
+    return {"scores": scores.cpu().numpy(), "targets": batch["target"].cpu().numpy()}
+
+
+def _f1_summary(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Macro-F1 at per-class thresholds chosen on these (validation) scores (paper 4.1)."""
+    thresholds = best_thresholds(outputs["scores"], outputs["targets"])
+    return {
+        "f1_macro": macro_f1(outputs["scores"], outputs["targets"], thresholds),
+        "thresholds": thresholds,
+    }
+
+
+def _target_rows(
+    rows: list[ManifestRow], names: list[str], binary_class: str | None
+) -> list[ManifestRow]:
+    """Rows whose labels are exactly what the classifier learns (binary: the class or none)."""
+    if binary_class is None:
+        return rows
+    return [
+        ManifestRow(r.id, r.image, r.split, (binary_class,) if target else (), r.mask)
+        for r, target in binary_task_rows(rows, binary_class)
+    ]
+
+
+def train_classifier(
+    config: WsssConfig,
+    info: DatasetInfo,
+    rows: list[ManifestRow],
+    step_dir: Path,
+    binary_class: str | None = None,
+) -> tuple[ClassifierSpec, TrainOutput]:
+    """Train the multi-label classifier (excluded classes removed, classes balanced), or with
+    `binary_class` the one-output classifier for that class, and save it in `step_dir`."""
+    step1 = config.step1
+    train_rows = [r for r in rows if r.split == "train"]
+    val_rows = [r for r in rows if r.split == "val"]
+    if binary_class is None:
+        names = [c for c in info.object_classes if c not in step1.exclude_classes]
+        train_rows = balance(
+            remove_classes(train_rows, step1.exclude_classes), config.data.balance, config.seed
+        )
+        val_rows = remove_classes(val_rows, step1.exclude_classes)
+    else:
+        names = [binary_class]
+    spec = ClassifierSpec(step1.backbone, tuple(info.classes.index(n) for n in names))
+    datasets = {
+        split: decoded_dataset(
+            _target_rows(split_rows, names, binary_class),
+            info.root,
+            names,
+            config.data.image_size,
+            "strong" if split == "train" else "weak",
+            config.data.augmentation,
+            seed=None if split == "train" else config.seed,
+        ).select_columns(["image", "target"])
+        for split, split_rows in (("train", train_rows), ("val", val_rows))
+    }
+    task = TrainTask(
+        name="step1" if binary_class is None else f"step1-{binary_class}",
+        build_model=functools.partial(_build, step1.backbone, len(names), step1.weights),
+        param_groups=functools.partial(
+            _param_groups, lr_pretrained=step1.lr_pretrained, lr_new=step1.lr_new
+        ),
+        batch_loss=_bce_loss,
+        epochs=step1.epochs,
+        batch_size=step1.batch_size,
+        steps_per_epoch=math.ceil(len(train_rows) / (step1.batch_size * config.ray.num_workers)),
+        optimizer="adam",
+        poly_power=None,
+        eval_batch=_scores,
+        eval_summary=_f1_summary,
+        select_metric="f1_macro",
+        seed=config.seed,
+    )
+    run_name = "classifier" if binary_class is None else f"binary_{binary_class}"
+    output = fit(task, datasets, config.ray, step_dir / "train", run_name)
+    torch.save(
+        {
+            "model": output.model_state,
+            "backbone": spec.backbone,
+            "class_indices": list(spec.class_indices),
+            "thresholds": output.extras["thresholds"],
+        },
+        step_dir / f"{run_name}.pt",
+    )
+    return spec, output
+
+
+def load_classifier(path: Path) -> tuple[torch.nn.Module, list[int], np.ndarray]:
+    """(model in eval mode, dataset class indices of its outputs, per-class thresholds)."""
+    saved = torch.load(path, weights_only=True)
+    model = create_classifier(saved["backbone"], len(saved["class_indices"]), None)
+    model.load_state_dict(saved["model"])
+    model.eval()
+    return model, list(saved["class_indices"]), np.asarray(saved["thresholds"], np.float32)
+
+
+class CamExtractor:
+    """Ray Data actor: loads the classifier(s) once, writes each image's CAMs to `cams/`.
+
+    Kept classes: the image's labels among the classifier's classes; for an unlabelled image,
+    the classes scoring above their saved thresholds. With a binary classifier for an excluded
+    class, its CAM is added (`merge_binary_cams`) where that class is labelled or predicted —
+    the only way to recover it where its label is missing.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        classes: list[str],
+        model_files: list[str],
+        config: ClassificationConfig,
+        cam_dir: str,
+    ) -> None:
+        torch.set_num_threads(1)
+        self.root, self.classes, self.config = Path(root), classes, config
+        self.cam_dir = Path(cam_dir)
+        self.models = [load_classifier(Path(f)) for f in model_files]
+
+    def _one(self, image_id: str, image_path: str, labels: list[str]) -> float:
+        image = read_rgb(self.root / image_path)
+        x = to_model_input(torch.from_numpy(image)[None])[0]
+        labelled = {self.classes.index(label) for label in labels}
+        maps, indices, top = [], [], 0.0
+        for rank, (model, class_indices, thresholds) in enumerate(self.models):
+            with torch.no_grad():
+                scores = torch.sigmoid(model(x[None]))[0].numpy()
+            if rank == 0:
+                top = float(scores.max()) if scores.size else 0.0
+            is_binary = rank > 0
+            for k, class_index in enumerate(class_indices):
+                predicted = scores[k] > thresholds[k]
+                keep = (class_index in labelled) or ((not labels or is_binary) and predicted)
+                if keep:
+                    indices.append(class_index)
+                    maps.append((model, k))
+        height, width = image.shape[:2]
+        cams = np.zeros((len(maps), *self._cam_size(height, width)), np.float32)
+        for i, (model, k) in enumerate(maps):
+            full = multiscale_cam(
+                model, x, self.config.cam_scales, self.config.cam_flip, self.config.cam_stride
+            )
+            cams[i] = full[k].numpy()
+        if len(maps):
+            cams = normalise_cams(torch.from_numpy(cams), self.config.cam_norm).numpy()
+        temporary = self.cam_dir / f".{image_id}.tmp.npz"
+        np.savez(
+            temporary,
+            cams=cams.astype(np.float16),
+            classes=np.array(indices, np.int32),
+            top_score=top,
+        )
+        temporary.replace(self.cam_dir / f"{image_id}.npz")
+        return top
+
+    def _cam_size(self, height: int, width: int) -> tuple[int, int]:
+        stride = self.config.cam_stride
+        return (height - 1) // stride + 1, (width - 1) // stride + 1
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tops = [
+            self._one(str(i), str(p), list(labels))
+            for i, p, labels in zip(batch["id"], batch["image"], batch["labels"], strict=True)
+        ]
+        return {"id": batch["id"], "split": batch["split"], "top_score": np.array(tops, np.float32)}
+
+
+def _full_resolution(cams: np.ndarray, height: int, width: int) -> np.ndarray:
+    if cams.shape[0] == 0:
+        return np.zeros((0, height, width), np.float32)
+    up = F.interpolate(
+        torch.from_numpy(cams.astype(np.float32))[None],
+        size=(height, width),
+        mode="bilinear",
+        align_corners=False,
+    )
+    return up[0].numpy()
+
+
+def refine_and_score(
+    batch: dict[str, np.ndarray],
+    root: str,
+    num_classes: int,
+    config: ClassificationConfig,
+    cam_dir: str,
+    ir_dir: str,
+) -> dict[str, np.ndarray]:
+    """Dense-CRF task over CAM files: IR labels for train images; for val images, the
+    confusion matrices of CAM and CAM+CRF masks against the ground truth (flattened)."""
+    plain = ConfusionMatrix(num_classes)
+    refined = ConfusionMatrix(num_classes)
+    for image_id, image_path, split, mask in zip(
+        batch["id"], batch["image"], batch["split"], batch["mask"], strict=True
+    ):
+        image = read_rgb(Path(root) / str(image_path))
+        saved = np.load(Path(cam_dir) / f"{image_id}.npz")
+        cams = _full_resolution(saved["cams"], *image.shape[:2])
+        object_indices = saved["classes"] - 1
+        crf = functools.partial(_crf_labels, image, config=config)
+        if split == "train":
+            labels = confident_labels(
+                cams, object_indices, config.conf_fg_thres, config.conf_bg_thres, refine=crf
+            )
+            write_palette_png(Path(ir_dir) / f"{image_id}.png", labels)
+        elif isinstance(mask, str):
+            truth = read_mask(Path(root) / mask)
+            predicted = cam_to_mask(cams, object_indices, config.cam_eval_thres)
+            plain.update(predicted, truth)
+            keys = np.concatenate([[0], saved["classes"]]).astype(np.uint8)
+            to_compact = np.zeros(256, np.int64)
+            to_compact[keys] = np.arange(len(keys))
+            refined.update(keys[crf(to_compact[predicted], len(keys))], truth)
+    return {"cam": plain.counts.reshape(1, -1), "cam_crf": refined.counts.reshape(1, -1)}
+
+
+def _crf_labels(
+    image: np.ndarray, compact: np.ndarray, n_labels: int, config: ClassificationConfig
+) -> np.ndarray:
+    return refine_labels(image, compact, n_labels, config.crf)
+
+
+def extract_cams(
+    config: WsssConfig,
+    info: DatasetInfo,
+    rows: list[ManifestRow],
+    step_dir: Path,
+    model_files: list[Path],
+) -> dict[str, Any]:
+    """CAMs for train and val images (actor pool), then CRF, IR labels and CAM metrics (tasks).
+
+    Returns {"cam": summary, "cam_crf": summary, "confident_share": float, "confident_ids": [...]}.
+    """
+    cam_dir, ir_dir = step_dir / "cams", step_dir / "ir_labels"
+    cam_dir.mkdir(parents=True, exist_ok=True)
+    ir_dir.mkdir(parents=True, exist_ok=True)
+    wanted = [r for r in rows if r.split in ("train", "val")]
+    extracted = rows_dataset(wanted).map_batches(
+        CamExtractor,
+        fn_constructor_kwargs={
+            "root": str(info.root),
+            "classes": info.classes,
+            "model_files": [str(f) for f in model_files],
+            "config": config.step1,
+            "cam_dir": str(cam_dir),
+        },
+        batch_size=8,
+        batch_format="numpy",
+        # One model per CPU: CAM extraction is compute-bound and each actor uses one thread.
+        concurrency=config.ray.num_cpus,
+        num_cpus=1,
+    )
+    tops = extracted.to_pandas()
+    train_tops = tops[tops["split"] == "train"]
+    confident = train_tops[train_tops["top_score"] > config.step2.min_confidence]["id"].tolist()
+    scored = rows_dataset(wanted).map_batches(
+        refine_and_score,
+        fn_kwargs={
+            "root": str(info.root),
+            "num_classes": len(info.classes),
+            "config": config.step1,
+            "cam_dir": str(cam_dir),
+            "ir_dir": str(ir_dir),
+        },
+        batch_size=8,
+        batch_format="numpy",
+        num_cpus=1,
+    )
+    totals = {
+        "cam": ConfusionMatrix(len(info.classes)),
+        "cam_crf": ConfusionMatrix(len(info.classes)),
+    }
+    for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
+        for key, matrix in totals.items():
+            matrix.counts += batch[key].sum(axis=0).reshape(matrix.counts.shape)
+    return {
+        "cam": totals["cam"].summary(info.classes),
+        "cam_crf": totals["cam_crf"].summary(info.classes),
+        "confident_share": len(confident) / max(1, len(train_tops)),
+        "confident_ids": confident,
+    }
