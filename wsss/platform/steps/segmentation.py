@@ -1,0 +1,222 @@
+"""Step 3 on Ray: DeepLabV3+ trained on step 2's pseudo masks, the best epoch by val mIoU,
+scored on the val masks with and without test-time augmentation (paper 3.3, 3.4, 4.1).
+
+Artifacts in the step folder: `segmenter.pt` (weights, encoder, output stride, class list),
+`summary.json`. Predictions for new images go through the same `Segmenter` actor class.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.data
+import torch
+import torch.nn.functional as F
+
+from wsss.platform.config import TTAConfig, WsssConfig
+from wsss.platform.data.pipeline import decoded_dataset, rows_dataset, to_model_input
+from wsss.platform.datasets.images import IGNORE_INDEX, ImageError, read_mask, read_rgb
+from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
+from wsss.platform.metrics import ConfusionMatrix
+from wsss.platform.training import TrainTask, fit
+from wsss.stages.segmentation.model import create_segmentation_model
+from wsss.stages.segmentation.tta import predict_labels
+
+logger = logging.getLogger(__name__)
+
+SEGMENTER_FILE = "segmenter.pt"
+
+
+def _build(encoder: str, num_classes: int, weights: str | None, output_stride: int):
+    return create_segmentation_model(encoder, num_classes, weights, output_stride)
+
+
+def _param_groups(model: torch.nn.Module, lr: float) -> list[dict[str, Any]]:
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+
+
+def _cross_entropy(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    logits = model(to_model_input(batch["image"]))
+    return F.cross_entropy(logits, batch["mask"].long(), ignore_index=IGNORE_INDEX)
+
+
+def _confusion(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], num_classes: int
+) -> dict[str, np.ndarray]:
+    predicted = model(to_model_input(batch["image"])).argmax(1).cpu().numpy()
+    matrix = ConfusionMatrix(num_classes)
+    matrix.update(predicted, batch["mask"].cpu().numpy())
+    return {"confusion": matrix.counts.reshape(1, -1)}
+
+
+def _miou_summary(outputs: dict[str, np.ndarray], num_classes: int) -> dict[str, Any]:
+    matrix = ConfusionMatrix(num_classes)
+    matrix.counts = outputs["confusion"].sum(axis=0).reshape(num_classes, num_classes)
+    return {"val_miou": matrix.miou()}
+
+
+def train_segmenter(
+    config: WsssConfig,
+    info: DatasetInfo,
+    rows: list[ManifestRow],
+    pseudo_mask_dir: Path,
+    step_dir: Path,
+) -> dict[str, Any]:
+    """Train DeepLabV3+ on the train images' pseudo masks; keep the best epoch by val mIoU."""
+    step3 = config.step3
+    num_classes = len(info.classes)
+    train_rows = [
+        ManifestRow(r.id, r.image, r.split, r.labels, str(pseudo_mask_dir / f"{r.id}.png"))
+        for r in rows
+        if r.split == "train" and (pseudo_mask_dir / f"{r.id}.png").is_file()
+    ]
+    val_rows = [r for r in rows if r.split == "val" and r.mask is not None]
+    datasets = {
+        split: decoded_dataset(
+            split_rows,
+            info.root,
+            info.object_classes,
+            config.data.image_size,
+            "strong" if split == "train" else "weak",
+            config.data.augmentation,
+            with_masks=True,
+            seed=None if split == "train" else config.seed,
+        ).select_columns(["image", "mask"])
+        for split, split_rows in (("train", train_rows), ("val", val_rows))
+    }
+    task = TrainTask(
+        name="step3",
+        build_model=functools.partial(
+            _build, step3.encoder, num_classes, step3.weights, step3.output_stride
+        ),
+        param_groups=functools.partial(_param_groups, lr=step3.lr),
+        batch_loss=_cross_entropy,
+        epochs=step3.epochs,
+        batch_size=step3.batch_size,
+        steps_per_epoch=math.ceil(len(train_rows) / (step3.batch_size * config.ray.num_workers)),
+        optimizer="sgd",
+        momentum=step3.momentum,
+        weight_decay=step3.weight_decay,
+        eval_batch=functools.partial(_confusion, num_classes=num_classes),
+        eval_summary=functools.partial(_miou_summary, num_classes=num_classes),
+        select_metric="val_miou",
+        seed=config.seed,
+    )
+    output = fit(task, datasets, config.ray, step_dir / "train", "segmenter")
+    torch.save(
+        {
+            "model": output.model_state,
+            "encoder": step3.encoder,
+            "output_stride": step3.output_stride,
+            "classes": info.classes,
+        },
+        step_dir / SEGMENTER_FILE,
+    )
+    return {"best_epoch": output.metrics.get("epoch"), "history": output.history}
+
+
+class Segmenter:
+    """Ray Data actor: loads the segmenter once; labels whole images at their own size.
+
+    `tta` None predicts with one plain pass; otherwise the mean of softmax over its flips and
+    scales. Input rows need `id` and `image` (a path, absolute or under `root`); with
+    `score=True` also `mask`, and the batch returns its confusion matrix instead of labels.
+    """
+
+    def __init__(
+        self,
+        model_file: str,
+        root: str,
+        tta: TTAConfig | None,
+        score: bool = False,
+    ) -> None:
+        torch.set_num_threads(1)
+        saved = torch.load(model_file, weights_only=True)
+        self.classes: list[str] = saved["classes"]
+        self.model = create_segmentation_model(
+            saved["encoder"], len(self.classes), None, saved["output_stride"]
+        )
+        self.model.load_state_dict(saved["model"])
+        self.model.eval()
+        self.root, self.score = Path(root), score
+        self.scales: Sequence[float] = tta.scales if tta else (1.0,)
+        self.flip = bool(tta and tta.flip)
+
+    def labels(self, image: np.ndarray) -> np.ndarray:
+        """uint8 [H, W] class indices for an RGB uint8 [H, W, 3] image."""
+        x = to_model_input(torch.from_numpy(image)[None])
+        return predict_labels(self.model, x, self.scales, self.flip)[0].numpy().astype(np.uint8)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        matrix = ConfusionMatrix(len(self.classes))
+        ids, labels, errors = [], [], []
+        for index, image_id in enumerate(batch["id"]):
+            try:
+                image = read_rgb(self.root / str(batch["image"][index]))
+            except ImageError as exc:
+                logger.warning("cannot segment %s: %s", image_id, exc)
+                ids.append(str(image_id))
+                labels.append(np.zeros((0, 0), np.uint8))
+                errors.append(exc.reason)
+                continue
+            predicted = self.labels(image)
+            if self.score:
+                matrix.update(predicted, read_mask(self.root / str(batch["mask"][index])))
+            ids.append(str(image_id))
+            labels.append(predicted)
+            errors.append("")
+        if self.score:
+            return {"confusion": matrix.counts.reshape(1, -1)}
+        column = np.empty(len(labels), dtype=object)
+        column[:] = labels
+        return {"id": np.array(ids, dtype=object), "labels": column, "error": np.array(errors)}
+
+
+def evaluate_segmenter(
+    config: WsssConfig,
+    info: DatasetInfo,
+    rows: list[ManifestRow],
+    step_dir: Path,
+    tta: TTAConfig | None,
+    split: str = "val",
+) -> dict[str, Any]:
+    """Table-1 metrics of the saved segmenter on `split`'s masks, with or without TTA."""
+    scored_rows = [r for r in rows if r.split == split and r.mask is not None]
+    confusions = rows_dataset(scored_rows).map_batches(
+        Segmenter,
+        fn_constructor_kwargs={
+            "model_file": str(step_dir / SEGMENTER_FILE),
+            "root": str(info.root),
+            "tta": tta,
+            "score": True,
+        },
+        batch_size=8,
+        batch_format="numpy",
+        concurrency=config.ray.num_cpus,
+        num_cpus=1,
+    )
+    matrix = ConfusionMatrix(len(info.classes))
+    for batch in confusions.iter_batches(batch_format="numpy", batch_size=None):
+        matrix.counts += batch["confusion"].sum(axis=0).reshape(matrix.counts.shape)
+    return dict(matrix.summary(info.classes))
+
+
+def segment_dataset(
+    model_file: Path, images: ray.data.Dataset, tta: TTAConfig | None, concurrency: int
+) -> ray.data.Dataset:
+    """Label every image of a dataset of {id, image (absolute path)} rows through an actor
+    pool; rows whose image cannot be read come back with an `error` and empty labels."""
+    return images.map_batches(
+        Segmenter,
+        fn_constructor_kwargs={"model_file": str(model_file), "root": "/", "tta": tta},
+        batch_size=4,
+        batch_format="numpy",
+        concurrency=concurrency,
+        num_cpus=1,
+    )
