@@ -49,8 +49,28 @@ def _fit_to_square(size: int) -> list[A.BasicTransform]:
     ]
 
 
+def _crop_to_square(size: int) -> list[A.BasicTransform]:
+    """Pad bottom/right up to `size` (image 0, mask/cams 255), then a random `size`×`size` crop:
+    the image keeps its scale, as multi-scale training needs (IRNet crops, it does not resize)."""
+    return [
+        A.PadIfNeeded(
+            min_height=size,
+            min_width=size,
+            position="top_left",
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=0,
+            fill_mask=IGNORE_INDEX,
+        ),
+        A.RandomCrop(height=size, width=size),
+    ]
+
+
 def strong_augmentation(
-    config: AugmentationConfig, size: int, seed: int | None = None
+    config: AugmentationConfig,
+    size: int,
+    seed: int | None = None,
+    rescale: float = 1.0,
+    crop: bool = False,
 ) -> A.Compose:
     """The paper's strong augmentation followed by the fit to `size`×`size`.
 
@@ -62,10 +82,22 @@ def strong_augmentation(
     Photometric (image only): Gaussian noise (albumentations' default strength), brightness and
     contrast, median blur with an odd kernel in [3, `median_blur_limit`], RGB shift of up to
     ±`rgb_shift_limit` per channel. Each transform fires with its own `*_p` probability.
+
+    `rescale` first scales the image by that exact factor (the paper's IRNet inputs at 0.5, 1,
+    1.5 and 2); `crop` ends with a random `size`×`size` crop instead of the fit to `size`.
     """
     shift = (-config.shift_limit, config.shift_limit)
     rgb_shift = (-config.rgb_shift_limit, config.rgb_shift_limit)
+    rescaling = [
+        A.RandomScale(
+            scale_limit=(rescale - 1.0, rescale - 1.0),
+            interpolation=cv2.INTER_LINEAR,
+            mask_interpolation=cv2.INTER_NEAREST,
+            p=1.0,
+        )
+    ]
     transforms = [
+        *(rescaling if rescale != 1.0 else []),
         A.HorizontalFlip(p=config.hflip_p),
         A.Affine(
             translate_percent={"x": shift, "y": shift},
@@ -93,7 +125,7 @@ def strong_augmentation(
             b_shift_limit=rgb_shift,
             p=config.rgb_shift_p,
         ),
-        *_fit_to_square(size),
+        *(_crop_to_square(size) if crop else _fit_to_square(size)),
     ]
     return A.Compose(transforms, additional_targets=DENSE_TARGETS, seed=seed)
 

@@ -65,6 +65,8 @@ def decode_batch(
     augmentation_config: AugmentationConfig | None = None,
     with_masks: bool = False,
     seed: int | None = None,
+    rescale: float = 1.0,
+    crop: bool = False,
 ) -> dict[str, np.ndarray]:
     """Decode and transform one batch of manifest rows.
 
@@ -72,10 +74,13 @@ def decode_batch(
     `image` uint8 [B, size, size, 3], `target` float32 [B, K] multi-hot over `class_names`,
     `size` int32 [B, 2] (height, width before resizing) and, with `with_masks`, `mask` uint8
     [B, size, size] (255 = ignore, also where padding was added). `seed=None` draws fresh
-    augmentations each time (training); a seed makes them reproducible per image.
+    augmentations each time (training); a seed makes them reproducible per image. `rescale`
+    and `crop` go to the strong augmentation (multi-scale random crops).
     """
     transform = (
-        strong_augmentation(augmentation_config or AugmentationConfig(), size)
+        strong_augmentation(
+            augmentation_config or AugmentationConfig(), size, rescale=rescale, crop=crop
+        )
         if augmentation == "strong"
         else weak_augmentation(size)
     )
@@ -126,6 +131,8 @@ def decoded_dataset(
     seed: int | None = None,
     batch_size: int = 16,
     num_cpus: float = 1.0,
+    rescale: float = 1.0,
+    crop: bool = False,
 ) -> ray.data.Dataset:
     """A lazily decoded and augmented Ray Dataset (see `decode_batch` for the columns).
 
@@ -142,6 +149,8 @@ def decoded_dataset(
             "augmentation_config": augmentation_config,
             "with_masks": with_masks,
             "seed": seed,
+            "rescale": rescale,
+            "crop": crop,
         },
         batch_size=batch_size,
         batch_format="numpy",

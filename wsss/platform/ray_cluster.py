@@ -1,0 +1,57 @@
+"""Where a job runs: the cluster in `RAY_ADDRESS` / `ray.address`, or a local one.
+
+A local cluster is started on a loopback node address (Ray rewrites 127.0.0.1 to the
+machine's network address; 127.0.0.2 stays on loopback), with the dashboard on 127.0.0.1,
+explicit CPU, memory and object-store limits, and Ray's token authentication on: Ray's core
+ports bind every interface whatever the node address, so the token is what keeps others out.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import ray
+
+from wsss.platform.config import RayConfig
+
+GIB = 1024**3
+
+
+@contextmanager
+def ray_session(config: RayConfig) -> Iterator[str]:
+    """Connect for the duration of the block; yields a description of the cluster.
+
+    Joins `config.address` or `RAY_ADDRESS` when set (the cluster's own limits apply);
+    otherwise starts a local cluster and shuts it down afterwards. Inside an already
+    initialised Ray (a job driver, a test session) it reuses that connection.
+    """
+    if ray.is_initialized():
+        yield "the current Ray connection"
+        return
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        try:
+            yield f"the cluster at {address}"
+        finally:
+            ray.shutdown()
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    context = ray.init(
+        address="local",
+        num_cpus=config.num_cpus,
+        _memory=int(config.memory_gb * GIB),
+        object_store_memory=int(config.object_store_gb * GIB),
+        _node_ip_address=config.node_ip_address,
+        include_dashboard=True,
+        dashboard_host=config.dashboard_host,
+    )
+    try:
+        yield (
+            f"a local Ray cluster ({config.num_cpus} CPUs, {config.memory_gb:g} GiB, "
+            f"dashboard http://{context.dashboard_url})"
+        )
+    finally:
+        ray.shutdown()

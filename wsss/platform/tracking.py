@@ -1,0 +1,105 @@
+"""MLflow tracking: one parent run per `wsss run`, one nested run per step.
+
+The store defaults to a SQLite database in the runs folder (MLflow 3 refuses the plain
+`./mlruns` file store); `MLFLOW_TRACKING_URI` or `tracking.tracking_uri` point elsewhere,
+e.g. a tracking server. `wsss ui` serves the default store on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+
+from wsss.platform.config import TrackingConfig
+
+DATABASE_FILE = "mlflow.db"
+
+
+def tracking_uri(config: TrackingConfig, runs_dir: Path) -> str:
+    """The store to log to: config, then MLFLOW_TRACKING_URI, then runs_dir/mlflow.db."""
+    return (
+        config.tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{(Path(runs_dir) / DATABASE_FILE).resolve()}"
+    )
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay whole (MLflow params are strings)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def metric_values(summary: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    """Table-1 metrics (and per-class IoU) of a metrics summary as MLflow metric names."""
+    values = {
+        f"{prefix}_{key}": float(summary[key])
+        for key in ("miou", "mean_accuracy", "pixel_accuracy")
+        if summary.get(key) is not None
+    }
+    for name, iou in summary.get("per_class_iou", {}).items():
+        if iou is not None:
+            values[f"{prefix}_iou_{name}"] = float(iou)
+    return values
+
+
+class Tracker:
+    """A thin layer over MLflow's fluent API for one pipeline run and its step runs."""
+
+    def __init__(self, config: TrackingConfig, runs_dir: Path) -> None:
+        self.uri = tracking_uri(config, runs_dir)
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_experiment(config.experiment)
+
+    @contextmanager
+    def parent_run(self, name: str, params: Mapping[str, Any]) -> Iterator[str]:
+        with mlflow.start_run(run_name=name) as run:
+            mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
+            yield run.info.run_id
+
+    @contextmanager
+    def step_run(self, name: str, params: Mapping[str, Any]) -> Iterator[str]:
+        with mlflow.start_run(run_name=name, nested=True) as run:
+            mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
+            yield run.info.run_id
+
+    @staticmethod
+    def log_history(history: list[dict[str, Any]], prefix: str = "") -> None:
+        """Per-epoch training metrics, with the epoch as MLflow's step."""
+        for row in history:
+            epoch = int(row.get("epoch", 0))
+            mlflow.log_metrics(
+                {f"{prefix}{k}": float(v) for k, v in row.items() if k != "epoch"}, step=epoch
+            )
+
+    @staticmethod
+    def log_metrics(values: Mapping[str, float]) -> None:
+        mlflow.log_metrics(dict(values))
+
+    @staticmethod
+    def log_image(image: np.ndarray, artifact_file: str) -> None:
+        mlflow.log_image(image, artifact_file=artifact_file)
+
+    @staticmethod
+    def log_dict(values: Mapping[str, Any], artifact_file: str) -> None:
+        mlflow.log_dict(dict(values), artifact_file)
+
+    @staticmethod
+    def log_model(model: Any, name: str) -> None:
+        # Explicit requirements: inferring them imports and inspects the whole environment.
+        mlflow.pytorch.log_model(
+            model, name=name, pip_requirements=["torch", "segmentation-models-pytorch"]
+        )
