@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -12,9 +12,12 @@ from pathlib import Path
 
 from wsss.platform.config import ConfigError, WsssConfig, load_config, preset_names, to_yaml
 from wsss.platform.datasets.adapters import ADAPTERS, import_dataset
-from wsss.platform.datasets.manifest import DATASET_FILE, DatasetError, write_atomic
+from wsss.platform.datasets.manifest import DatasetError
 from wsss.platform.datasets.stats import dataset_stats, format_stats
 from wsss.platform.datasets.synthetic import build_synthetic_dataset
+from wsss.platform.pipeline import REPORT_FILE, format_table2, run_pipeline
+from wsss.platform.predict import predict_images
+from wsss.platform.tracking import tracking_uri
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, default_preset: str | None) -> None:
@@ -108,46 +111,32 @@ def _data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _synthetic_folder(runs_dir: Path, config: WsssConfig) -> Path:
-    """Datasets are shared by every run with the same generator settings and seed."""
-    settings = json.dumps(
-        {"seed": config.seed, **config.data.synthetic.model_dump(exclude={"workers"})},
-        sort_keys=True,
-    )
-    key = hashlib.sha256(settings.encode()).hexdigest()[:12]
-    return runs_dir / "datasets" / f"synthetic-{key}"
-
-
 def _run(args: argparse.Namespace) -> int:
     config = _config(args)
-    run_dir = args.runs_dir / config.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.yaml", to_yaml(config))
-    print(f"run {config.name}: resolved config in {run_dir / 'config.yaml'}", flush=True)
+    report = run_pipeline(config, args.runs_dir)
+    print(f"\nTable 2 for run {config.name} (split {report['split']}):")
+    print(format_table2(report))
+    print(f"\nreport: {args.runs_dir / config.name / REPORT_FILE}")
+    return 0
 
-    started = time.perf_counter()
-    if config.data.source == "synthetic":
-        dataset_dir = _synthetic_folder(args.runs_dir, config)
-        if (dataset_dir / DATASET_FILE).is_file():
-            print(f"[data] reusing the synthetic set in {dataset_dir}")
-        else:
-            print(f"[data] drawing the synthetic set into {dataset_dir}", flush=True)
-            build_synthetic_dataset(dataset_dir, config.data.synthetic, config.seed)
-    else:
-        if config.data.root is None:
-            raise ConfigError(
-                f"config key data.root: data.source {config.data.source!r} needs the folder of "
-                "an imported dataset (wsss data import ... --out DIR)"
-            )
-        dataset_dir = config.data.root
-    stats = dataset_stats(dataset_dir, config.data.synthetic.dominant_class)
-    print(f"[data] ready in {time.perf_counter() - started:.1f}s\n")
-    print(format_stats(stats))
-    write_atomic(run_dir / "dataset_stats.json", json.dumps(stats, indent=2) + "\n")
+
+def _ui(args: argparse.Namespace) -> int:
+    uri = tracking_uri(_config(args).tracking, args.runs_dir)
+    command = ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1"]
+    command += ["--port", str(args.port)]
+    print(" ".join(command), flush=True)
+    return subprocess.call(command)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    config = load_config(None, args.run_dir / "config.yaml")
+    summary = predict_images(args.run_dir, args.inputs, args.out, config)
     print(
-        "\nThis version stops here: steps 1-3 (classifier + CAM + CRF, IRNet, DeepLabV3+) are "
-        "not implemented yet, so no segmentation metric is reported."
+        f"wrote {summary['written']} mask(s) and overlay(s) to {args.out}; "
+        f"{len(summary['unreadable'])} unreadable"
     )
+    for path, reason in summary["unreadable"]:
+        print(f"  unreadable {path}: {reason}")
     return 0
 
 
@@ -162,6 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(run, "demo")
     run.add_argument("--runs-dir", type=Path, default=Path("runs"), help="default: ./runs")
     run.set_defaults(handler=_run)
+
+    ui = commands.add_parser("ui", help="serve the MLflow UI for the runs on 127.0.0.1")
+    _add_config_arguments(ui, "demo")
+    ui.add_argument("--runs-dir", type=Path, default=Path("runs"), help="default: ./runs")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=_ui)
+
+    predict = commands.add_parser("predict", help="segment images with a finished run's model")
+    predict.add_argument("run_dir", type=Path, help="runs/<name> of a finished run")
+    predict.add_argument("inputs", type=Path, nargs="+", help="images or folders of images")
+    predict.add_argument("--out", type=Path, required=True, help="folder for masks and overlays")
+    predict.set_defaults(handler=_predict)
 
     config = commands.add_parser("config", help="inspect configs")
     config_commands = config.add_subparsers(dest="config_command", required=True)
@@ -212,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, DatasetError) as exc:
+    except (ConfigError, DatasetError, FileNotFoundError) as exc:
         print(f"wsss: error: {exc}", file=sys.stderr)
         return 2
 

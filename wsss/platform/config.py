@@ -181,8 +181,8 @@ class IRNetConfig(StrictModel):
     weight_decay: float = Field(1e-4, ge=0.0)
     min_confidence: float = Field(0.8, ge=0.0, le=1.0)
     scales: list[float] = [0.5, 1.0, 1.5, 2.0]
-    radius_train: int = Field(10, ge=1, le=20)
-    radius_infer: int = Field(5, ge=1, le=20)
+    radius_train: int = Field(10, ge=2, le=20)
+    radius_infer: int = Field(5, ge=2, le=20)
     beta: float = Field(10.0, gt=0)
     exp_times: int = Field(8, ge=1, le=12)
     sem_seg_bg_thres: float = Field(0.3, gt=0.0, lt=1.0)
@@ -191,6 +191,18 @@ class IRNetConfig(StrictModel):
     @classmethod
     def _positive_scales(cls, value: list[float]) -> list[float]:
         return _check_scales(value)
+
+    @model_validator(mode="after")
+    def _crop_fits_radius(self) -> IRNetConfig:
+        # Training pairs start at least radius - 1 pixels from the sides of the stride-4 map.
+        if self.crop_size % 16:
+            raise ValueError(f"crop_size ({self.crop_size}) must be a multiple of 16")
+        if self.crop_size // 4 < 2 * self.radius_train:
+            raise ValueError(
+                f"crop_size ({self.crop_size}) is too small for radius_train "
+                f"({self.radius_train}): needs crop_size >= {8 * self.radius_train}"
+            )
+        return self
 
 
 class TTAConfig(StrictModel):

@@ -100,6 +100,10 @@ class Tracker:
     @staticmethod
     def log_model(model: Any, name: str) -> None:
         # Explicit requirements: inferring them imports and inspects the whole environment.
+        # Pickle format: MLflow's default (pt2) traces the graph and needs an input example.
         mlflow.pytorch.log_model(
-            model, name=name, pip_requirements=["torch", "segmentation-models-pytorch"]
+            model,
+            name=name,
+            pip_requirements=["torch", "segmentation-models-pytorch"],
+            serialization_format="pickle",
         )

@@ -246,6 +246,25 @@ def _full_resolution(cams: np.ndarray, height: int, width: int) -> np.ndarray:
     return up[0].numpy()
 
 
+def _cams_at_image_size(cam_dir: Path, image_id: str, height: int, width: int):
+    """(CAMs float32 [n, H, W] upsampled from the saved stride, dataset class indices [n])."""
+    saved = np.load(cam_dir / f"{image_id}.npz")
+    return _full_resolution(saved["cams"], height, width), saved["classes"]
+
+
+def cam_masks(
+    image: np.ndarray, image_id: str, cam_dir: Path, config: ClassificationConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """The CAM mask (background at `cam_eval_thres`) and its dense-CRF refinement, uint8
+    [H, W] of dataset class indices, for one image whose CAMs are in `cam_dir`."""
+    cams, classes = _cams_at_image_size(cam_dir, image_id, *image.shape[:2])
+    predicted = cam_to_mask(cams, classes - 1, config.cam_eval_thres)
+    keys = np.concatenate([[0], classes]).astype(np.uint8)
+    to_compact = np.zeros(256, np.int64)
+    to_compact[keys] = np.arange(len(keys))
+    return predicted, keys[_crf_labels(image, to_compact[predicted], len(keys), config)]
+
+
 def refine_and_score(
     batch: dict[str, np.ndarray],
     root: str,
@@ -258,33 +277,30 @@ def refine_and_score(
     confusion matrices of CAM and CAM+CRF masks against the ground truth (flattened)."""
     plain = ConfusionMatrix(num_classes)
     refined = ConfusionMatrix(num_classes)
-    for image_id, image_path, split, mask in zip(
-        batch["id"], batch["image"], batch["split"], batch["mask"], strict=True
-    ):
+    rows = zip(batch["id"], batch["image"], batch["split"], batch["mask"], strict=True)
+    for image_id, image_path, split, mask in rows:
         image = read_rgb(Path(root) / str(image_path))
-        saved = np.load(Path(cam_dir) / f"{image_id}.npz")
-        cams = _full_resolution(saved["cams"], *image.shape[:2])
-        object_indices = saved["classes"] - 1
-        crf = functools.partial(_crf_labels, image, config=config)
         if split == "train":
+            cams, classes = _cams_at_image_size(Path(cam_dir), image_id, *image.shape[:2])
+            crf = functools.partial(_crf_labels, image, config=config)
             labels = confident_labels(
-                cams, object_indices, config.conf_fg_thres, config.conf_bg_thres, refine=crf
+                cams, classes - 1, config.conf_fg_thres, config.conf_bg_thres, refine=crf
             )
             write_palette_png(Path(ir_dir) / f"{image_id}.png", labels)
         elif isinstance(mask, str):
             truth = read_mask(Path(root) / mask)
-            predicted = cam_to_mask(cams, object_indices, config.cam_eval_thres)
-            plain.update(predicted, truth)
-            keys = np.concatenate([[0], saved["classes"]]).astype(np.uint8)
-            to_compact = np.zeros(256, np.int64)
-            to_compact[keys] = np.arange(len(keys))
-            refined.update(keys[crf(to_compact[predicted], len(keys))], truth)
+            cam, cam_crf = cam_masks(image, str(image_id), Path(cam_dir), config)
+            plain.update(cam, truth)
+            refined.update(cam_crf, truth)
     return {"cam": plain.counts.reshape(1, -1), "cam_crf": refined.counts.reshape(1, -1)}
 
 
 def _crf_labels(
     image: np.ndarray, compact: np.ndarray, n_labels: int, config: ClassificationConfig
 ) -> np.ndarray:
+    # With no class kept there is nothing to refine: the map is all background.
+    if n_labels < 2:
+        return compact
     return refine_labels(image, compact, n_labels, config.crf)
 
 
@@ -297,7 +313,8 @@ def extract_cams(
 ) -> dict[str, Any]:
     """CAMs for train and val images (actor pool), then CRF, IR labels and CAM metrics (tasks).
 
-    Returns {"cam": summary, "cam_crf": summary, "confident_share": float, "confident_ids": [...]}.
+    Returns {"cam": summary, "cam_crf": summary, "train_top_scores": {id: top score}}: the
+    classifier's highest class score per train image, for step 2's confidence filter.
     """
     cam_dir, ir_dir = step_dir / "cams", step_dir / "ir_labels"
     cam_dir.mkdir(parents=True, exist_ok=True)
@@ -320,7 +337,6 @@ def extract_cams(
     )
     tops = extracted.to_pandas()
     train_tops = tops[tops["split"] == "train"]
-    confident = train_tops[train_tops["top_score"] > config.step2.min_confidence]["id"].tolist()
     scored = rows_dataset(wanted).map_batches(
         refine_and_score,
         fn_kwargs={
@@ -344,6 +360,7 @@ def extract_cams(
     return {
         "cam": totals["cam"].summary(info.classes),
         "cam_crf": totals["cam_crf"].summary(info.classes),
-        "confident_share": len(confident) / max(1, len(train_tops)),
-        "confident_ids": confident,
+        "train_top_scores": dict(
+            zip(train_tops["id"], train_tops["top_score"].astype(float), strict=True)
+        ),
     }

@@ -18,14 +18,22 @@ import numpy as np
 import ray.data
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from wsss.platform.config import TTAConfig, WsssConfig
 from wsss.platform.data.pipeline import decoded_dataset, rows_dataset, to_model_input
-from wsss.platform.datasets.images import IGNORE_INDEX, ImageError, read_mask, read_rgb
+from wsss.platform.datasets.images import (
+    IGNORE_INDEX,
+    ImageError,
+    read_mask,
+    read_rgb,
+    write_palette_png,
+)
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
 from wsss.platform.metrics import ConfusionMatrix
 from wsss.platform.training import TrainTask, fit
 from wsss.stages.segmentation.model import create_segmentation_model
+from wsss.stages.segmentation.render import overlay, side_by_side
 from wsss.stages.segmentation.tta import predict_labels
 
 logger = logging.getLogger(__name__)
@@ -125,8 +133,11 @@ class Segmenter:
     """Ray Data actor: loads the segmenter once; labels whole images at their own size.
 
     `tta` None predicts with one plain pass; otherwise the mean of softmax over its flips and
-    scales. Input rows need `id` and `image` (a path, absolute or under `root`); with
-    `score=True` also `mask`, and the batch returns its confusion matrix instead of labels.
+    scales. Input rows need `id` and `image` (a path, absolute or under `root`). With
+    `score=True` rows also need `mask`, and a batch returns its confusion matrix. Otherwise
+    each image's labels are written to `out_dir` as `<id>.png` (palette) and
+    `<id>_overlay.png` (image | overlay), and a batch returns `id` and `error` ("" when
+    written, else why the image could not be read).
     """
 
     def __init__(
@@ -135,6 +146,7 @@ class Segmenter:
         root: str,
         tta: TTAConfig | None,
         score: bool = False,
+        out_dir: str | None = None,
     ) -> None:
         torch.set_num_threads(1)
         saved = torch.load(model_file, weights_only=True)
@@ -145,6 +157,7 @@ class Segmenter:
         self.model.load_state_dict(saved["model"])
         self.model.eval()
         self.root, self.score = Path(root), score
+        self.out_dir = Path(out_dir) if out_dir else None
         self.scales: Sequence[float] = tta.scales if tta else (1.0,)
         self.flip = bool(tta and tta.flip)
 
@@ -155,27 +168,25 @@ class Segmenter:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         matrix = ConfusionMatrix(len(self.classes))
-        ids, labels, errors = [], [], []
+        errors = []
         for index, image_id in enumerate(batch["id"]):
             try:
                 image = read_rgb(self.root / str(batch["image"][index]))
             except ImageError as exc:
                 logger.warning("cannot segment %s: %s", image_id, exc)
-                ids.append(str(image_id))
-                labels.append(np.zeros((0, 0), np.uint8))
                 errors.append(exc.reason)
                 continue
             predicted = self.labels(image)
+            errors.append("")
             if self.score:
                 matrix.update(predicted, read_mask(self.root / str(batch["mask"][index])))
-            ids.append(str(image_id))
-            labels.append(predicted)
-            errors.append("")
+            elif self.out_dir is not None:
+                write_palette_png(self.out_dir / f"{image_id}.png", predicted)
+                panel = side_by_side(image, overlay(image, predicted))
+                Image.fromarray(panel).save(self.out_dir / f"{image_id}_overlay.png")
         if self.score:
             return {"confusion": matrix.counts.reshape(1, -1)}
-        column = np.empty(len(labels), dtype=object)
-        column[:] = labels
-        return {"id": np.array(ids, dtype=object), "labels": column, "error": np.array(errors)}
+        return {"id": batch["id"], "image": batch["image"], "error": np.array(errors, dtype=object)}
 
 
 def evaluate_segmenter(
@@ -207,14 +218,23 @@ def evaluate_segmenter(
     return dict(matrix.summary(info.classes))
 
 
-def segment_dataset(
-    model_file: Path, images: ray.data.Dataset, tta: TTAConfig | None, concurrency: int
+def segment_images(
+    model_file: Path,
+    images: ray.data.Dataset,
+    out_dir: Path,
+    tta: TTAConfig | None,
+    concurrency: int,
 ) -> ray.data.Dataset:
-    """Label every image of a dataset of {id, image (absolute path)} rows through an actor
-    pool; rows whose image cannot be read come back with an `error` and empty labels."""
+    """Segment a dataset of {id, image (absolute path)} rows through an actor pool, writing
+    masks and overlays to `out_dir`; the result has each row's `error` ("" if written)."""
     return images.map_batches(
         Segmenter,
-        fn_constructor_kwargs={"model_file": str(model_file), "root": "/", "tta": tta},
+        fn_constructor_kwargs={
+            "model_file": str(model_file),
+            "root": "/",
+            "tta": tta,
+            "out_dir": str(out_dir),
+        },
         batch_size=4,
         batch_format="numpy",
         concurrency=concurrency,

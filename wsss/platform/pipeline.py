@@ -1,0 +1,252 @@
+"""`wsss run`: data -> step 1 -> step 2 -> step 3 in one Ray job, with a step cache.
+
+Each step's output is a folder under `runs/cache/`, named by a hash of the config it depends on
+and the keys of its inputs. A step works in `<folder>.partial/` and renames it when complete,
+so a finished step is reused by any later run with the same settings (Tune trials included),
+and a run killed mid-step starts that step again from its `.partial` folder — a training
+step from its last Ray Train checkpoint there. The run folder (`runs/<name>/`) holds the
+resolved config, links to the step folders it used, and `report.json`; MLflow holds the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsss.platform.config import ConfigError, WsssConfig, to_yaml
+from wsss.platform.datasets.images import read_mask, read_rgb
+from wsss.platform.datasets.manifest import (
+    DATASET_FILE,
+    DatasetInfo,
+    ManifestRow,
+    load_dataset,
+    write_atomic,
+)
+from wsss.platform.datasets.stats import dataset_stats
+from wsss.platform.datasets.synthetic import build_synthetic_dataset
+from wsss.platform.ray_cluster import ray_session
+from wsss.platform.steps import classification, irnet, segmentation
+from wsss.platform.steps.irnet import confident_ids
+from wsss.platform.tracking import Tracker, metric_values
+from wsss.stages.segmentation.render import colorize, side_by_side
+
+SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.json"
+STEP_NAMES = {
+    "cam": "Step 1. Classification (CAM)",
+    "cam_crf": "Step 1. Classification + CRF",
+    "irnet": "Step 2. IRNet",
+    "segmentation": "Step 3. Segmentation",
+    "segmentation_tta": "Step 3. Segmentation + TTA",
+}
+PANEL_IMAGES = 4
+
+
+def config_key(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts (config sections and upstream keys)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class StepCache:
+    """Finished step folders under `root`, each named `<step>-<key>`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def run(
+        self, step: str, key: str, build: Callable[[Path], dict[str, Any]]
+    ) -> tuple[Path, dict]:
+        """The step's folder and summary: reused if complete, else built (resuming a partial)."""
+        final = self.root / f"{step}-{key}"
+        if (final / SUMMARY_FILE).is_file():
+            print(f"[{step}] reusing {final}", flush=True)
+            return final, json.loads((final / SUMMARY_FILE).read_text())
+        partial = self.root / f"{step}-{key}.partial"
+        resuming = partial.exists()
+        partial.mkdir(parents=True, exist_ok=True)
+        print(f"[{step}] {'resuming' if resuming else 'starting'} in {partial}", flush=True)
+        started = time.perf_counter()
+        summary = build(partial)
+        summary["duration_s"] = time.perf_counter() - started
+        write_atomic(partial / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        partial.rename(final)
+        print(f"[{step}] done in {summary['duration_s']:.1f}s -> {final}", flush=True)
+        return final, summary
+
+
+def prepare_dataset(config: WsssConfig, runs_dir: Path) -> Path:
+    """The dataset folder: the synthetic set (drawn once per settings), or `data.root`."""
+    if config.data.source != "synthetic":
+        if config.data.root is None or not (config.data.root / DATASET_FILE).is_file():
+            raise ConfigError(
+                f"config key data.root: data.source {config.data.source!r} needs the folder of "
+                f"an imported dataset (wsss data import ... --out DIR), got {config.data.root}"
+            )
+        return config.data.root
+    key = config_key(config.seed, config.data.synthetic.model_dump(exclude={"workers"}))
+    folder = runs_dir / "datasets" / f"synthetic-{key}"
+    if (folder / DATASET_FILE).is_file():
+        print(f"[data] reusing the synthetic set in {folder}", flush=True)
+    else:
+        print(f"[data] drawing the synthetic set into {folder}", flush=True)
+        build_synthetic_dataset(folder, config.data.synthetic, config.seed)
+    return folder
+
+
+def _step1(config: WsssConfig, info: DatasetInfo, rows: list[ManifestRow], folder: Path) -> dict:
+    _, main = classification.train_classifier(config, info, rows, folder)
+    model_files = [folder / "classifier.pt"]
+    binary_histories = {}
+    if config.step1.merge_binary_cams:
+        for name in config.step1.exclude_classes:
+            _, binary = classification.train_classifier(config, info, rows, folder, name)
+            model_files.append(folder / f"binary_{name}.pt")
+            binary_histories[name] = binary.history
+    scores = classification.extract_cams(config, info, rows, folder, model_files)
+    return {
+        **scores,
+        "f1_macro": main.metrics.get("f1_macro"),
+        "history": main.history,
+        "binary_histories": binary_histories,
+    }
+
+
+def _panels(
+    info: DatasetInfo,
+    rows: list[ManifestRow],
+    config: WsssConfig,
+    folders: dict[str, Path],
+) -> list[tuple[str, np.ndarray]]:
+    """Figure-2 panels for the first val images: image | CAM | CAM+CRF | IRNet | DeepLab | GT."""
+    segmenter = segmentation.Segmenter(
+        str(folders["step3"] / segmentation.SEGMENTER_FILE), str(info.root), config.step3.tta
+    )
+    panels = []
+    for row in [r for r in rows if r.split == "val" and r.mask is not None][:PANEL_IMAGES]:
+        image = read_rgb(info.root / row.image)
+        cam_dir = folders["step1"] / "cams"
+        cam, cam_crf = classification.cam_masks(image, row.id, cam_dir, config.step1)
+        irnet_mask = read_mask(folders["step2"] / irnet.PSEUDO_MASK_DIR / f"{row.id}.png")
+        predicted = segmenter.labels(image)
+        truth = read_mask(info.root / row.mask)
+        masks = [cam, cam_crf, irnet_mask, predicted, truth]
+        panels.append((row.id, side_by_side(image, *(colorize(m) for m in masks))))
+    return panels
+
+
+def run_pipeline(config: WsssConfig, runs_dir: Path) -> dict[str, Any]:
+    """Run the whole method; returns the report (also written to runs/<name>/report.json)."""
+    runs_dir = Path(runs_dir)
+    run_dir = runs_dir / config.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "config.yaml", to_yaml(config))
+    timings: dict[str, float] = {}
+    tracker = Tracker(config.tracking, runs_dir)
+    cache = StepCache(runs_dir / "cache")
+    with (
+        ray_session(config.ray) as where,
+        tracker.parent_run(config.name, config.model_dump(mode="json")) as run_id,
+    ):
+        print(
+            f"[wsss] run {config.name} on {where}; MLflow run {run_id} at {tracker.uri}", flush=True
+        )
+        started = time.perf_counter()
+        dataset_dir = prepare_dataset(config, runs_dir)
+        info, rows = load_dataset(dataset_dir)
+        timings["data"] = time.perf_counter() - started
+        data_key = config_key(
+            str(dataset_dir.resolve()), info.counts, config.data.model_dump(mode="json")
+        )
+
+        step_keys = {
+            "step1": config_key(data_key, config.seed, config.step1.model_dump(mode="json"))
+        }
+        step2_settings = config.step2.model_dump(mode="json")
+        step_keys["step2"] = config_key(step_keys["step1"], step2_settings)
+        step3_settings = config.step3.model_dump(mode="json", exclude={"tta"})
+        step_keys["step3"] = config_key(step_keys["step2"], step3_settings)
+
+        folders: dict[str, Path] = {}
+        summaries: dict[str, dict] = {}
+        builders = {
+            "step1": lambda folder: _step1(config, info, rows, folder),
+            "step2": lambda folder: irnet.run_step2(
+                config, info, rows, folders["step1"], summaries["step1"], folder
+            ),
+            "step3": lambda folder: segmentation.train_segmenter(
+                config, info, rows, folders["step2"] / irnet.PSEUDO_MASK_DIR, folder
+            ),
+        }
+        sections = {"step1": config.step1, "step2": config.step2, "step3": config.step3}
+        for step, build in builders.items():
+            with tracker.step_run(step, sections[step].model_dump(mode="json")):
+                folders[step], summaries[step] = cache.run(step, step_keys[step], build)
+                timings[step] = summaries[step]["duration_s"]
+                tracker.log_history(summaries[step].get("history", []))
+                link = run_dir / step
+                if link.is_symlink() or link.exists():
+                    link.unlink()
+                link.symlink_to(folders[step].resolve(), target_is_directory=True)
+
+        started = time.perf_counter()
+        metrics = {
+            "cam": summaries["step1"]["cam"],
+            "cam_crf": summaries["step1"]["cam_crf"],
+            "irnet": summaries["step2"]["irnet"],
+            "segmentation": segmentation.evaluate_segmenter(
+                config, info, rows, folders["step3"], None
+            ),
+            "segmentation_tta": segmentation.evaluate_segmenter(
+                config, info, rows, folders["step3"], config.step3.tta
+            ),
+        }
+        timings["evaluation"] = time.perf_counter() - started
+        for name, summary in metrics.items():
+            tracker.log_metrics(metric_values(summary, name))
+        for image_id, panel in _panels(info, rows, config, folders):
+            tracker.log_image(panel, f"panels/{image_id}.png")
+        segmenter = segmentation.Segmenter(
+            str(folders["step3"] / segmentation.SEGMENTER_FILE), str(info.root), None
+        )
+        tracker.log_model(segmenter.model, "segmenter")
+
+        top_scores = summaries["step1"]["train_top_scores"]
+        report = {
+            "dataset": dataset_stats(dataset_dir, config.data.synthetic.dominant_class),
+            "classifier": {
+                "f1_macro": summaries["step1"]["f1_macro"],
+                "confident_share": len(confident_ids(top_scores, config.step2.min_confidence))
+                / max(1, len(top_scores)),
+            },
+            "steps": metrics,
+            "split": "val",
+            "timings_s": timings,
+            "mlflow": {"tracking_uri": tracker.uri, "run_id": run_id},
+        }
+        tracker.log_dict(report, "report.json")
+        tracker.log_dict(table2(report), "table2.json")
+    write_atomic(run_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def table2(report: dict[str, Any]) -> dict[str, float]:
+    """The paper's Table 2 for this run: mIoU per step, in percent."""
+    return {STEP_NAMES[k]: round(100 * v["miou"], 2) for k, v in report["steps"].items()}
+
+
+def format_table2(report: dict[str, Any]) -> str:
+    rows = table2(report)
+    width = max(len(k) for k in rows)
+    lines = [
+        f"{'Method step':<{width}}  mean IoU",
+        *(f"{k:<{width}}  {v:8.2f}" for k, v in rows.items()),
+    ]
+    return "\n".join(lines)

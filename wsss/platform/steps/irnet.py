@@ -1,0 +1,234 @@
+"""Step 2 on Ray: IRNet trained on step 1's confident labels, then random-walk pseudo masks
+(paper 3.2, Table 2 row 2).
+
+Training uses only train images whose classifier confidence exceeds `step2.min_confidence`,
+each at every scale of `step2.scales` with the strong augmentation and random crops. Inference
+runs on an actor pool: flip-averaged boundaries, the random walk of each image's CAMs, the
+background threshold, and a palette PNG per image in `pseudo_masks/` (train and val); the val
+masks are scored against the ground truth.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wsss.platform.config import IRNetConfig, WsssConfig
+from wsss.platform.data.pipeline import decoded_dataset, rows_dataset, to_model_input
+from wsss.platform.datasets.images import read_mask, read_rgb, write_palette_png
+from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
+from wsss.platform.metrics import ConfusionMatrix
+from wsss.platform.training import TrainTask, fit
+from wsss.stages.irnet.affinity_labels import affinity_labels
+from wsss.stages.irnet.losses import irnet_loss
+from wsss.stages.irnet.model import IRNet, infer_boundary
+from wsss.stages.irnet.path_index import PathIndex, boundary_to_affinity
+from wsss.stages.irnet.pseudo_masks import propagate_to_mask
+
+IRNET_FILE = "irnet.pt"
+PSEUDO_MASK_DIR = "pseudo_masks"
+FEATURE_STRIDE = 4
+
+
+def _build(backbone: str, weights: str | None, freeze_backbone: bool) -> IRNet:
+    return IRNet(backbone, weights, freeze_backbone)
+
+
+def _param_groups(model: IRNet, lr_boundary: float, lr_displacement: float) -> list[dict]:
+    boundary, displacement = model.parameter_groups()
+    return [
+        {"params": boundary, "lr": lr_boundary},
+        {"params": displacement, "lr": lr_displacement},
+    ]
+
+
+@functools.cache
+def _path_index(radius: int, height: int, width: int) -> PathIndex:
+    return PathIndex(radius, (height, width))
+
+
+def _irnet_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], radius: int
+) -> torch.Tensor:
+    boundary, displacement = model(to_model_input(batch["image"]))
+    height, width = boundary.shape[-2:]
+    # IRNet reads its labels at the feature stride, sampling the centre of each 4×4 cell.
+    offset = FEATURE_STRIDE // 2
+    labels = batch["mask"][:, offset::FEATURE_STRIDE, offset::FEATURE_STRIDE][:, :height, :width]
+    path_index = _path_index(radius, height, width)
+    affinity = boundary_to_affinity(torch.sigmoid(boundary[:, 0]), path_index)
+    pair_labels = affinity_labels(labels.cpu().numpy(), path_index)
+    return irnet_loss(affinity, displacement, pair_labels, path_index).total
+
+
+def train_irnet(
+    config: WsssConfig,
+    info: DatasetInfo,
+    rows: list[ManifestRow],
+    ir_label_dir: Path,
+    confident_ids: list[str],
+    step_dir: Path,
+) -> dict[str, Any]:
+    """Train IRNet on the confident train images' IR labels at every configured scale."""
+    step2 = config.step2
+    if step2.crop_size % 16:
+        raise ValueError(
+            f"config key step2.crop_size: must be a multiple of 16, got {step2.crop_size}"
+        )
+    confident = set(confident_ids)
+    train_rows = [
+        ManifestRow(r.id, r.image, r.split, r.labels, str(ir_label_dir / f"{r.id}.png"))
+        for r in rows
+        if r.split == "train" and r.id in confident
+    ]
+    if not train_rows:
+        raise RuntimeError(
+            f"step 2 has no training image: no train image's classifier confidence exceeds "
+            f"step2.min_confidence={step2.min_confidence} (train step 1 longer or lower it)"
+        )
+    per_scale = [
+        decoded_dataset(
+            train_rows,
+            info.root,
+            info.object_classes,
+            step2.crop_size,
+            "strong",
+            config.data.augmentation,
+            with_masks=True,
+            rescale=scale,
+            crop=True,
+        ).select_columns(["image", "mask"])
+        for scale in step2.scales
+    ]
+    train = per_scale[0].union(*per_scale[1:]) if len(per_scale) > 1 else per_scale[0]
+    images = len(train_rows) * len(step2.scales)
+    task = TrainTask(
+        name="step2",
+        build_model=functools.partial(_build, step2.backbone, step2.weights, step2.freeze_backbone),
+        param_groups=functools.partial(
+            _param_groups, lr_boundary=step2.lr_boundary, lr_displacement=step2.lr_displacement
+        ),
+        batch_loss=functools.partial(_irnet_loss, radius=step2.radius_train),
+        epochs=step2.epochs,
+        batch_size=step2.batch_size,
+        steps_per_epoch=math.ceil(images / (step2.batch_size * config.ray.num_workers)),
+        optimizer="sgd",
+        momentum=step2.momentum,
+        weight_decay=step2.weight_decay,
+        seed=config.seed,
+    )
+    output = fit(task, {"train": train}, config.ray, step_dir / "train", "irnet")
+    torch.save(
+        {
+            "model": output.model_state,
+            "backbone": step2.backbone,
+        },
+        step_dir / IRNET_FILE,
+    )
+    return {"history": output.history, "train_images": len(train_rows)}
+
+
+class PseudoMaskWriter:
+    """Ray Data actor: loads IRNet once; writes each image's pseudo mask, scores val ones."""
+
+    def __init__(
+        self,
+        model_file: str,
+        root: str,
+        cam_dir: str,
+        out_dir: str,
+        config: IRNetConfig,
+        num_classes: int,
+    ) -> None:
+        torch.set_num_threads(1)
+        saved = torch.load(model_file, weights_only=True)
+        self.model = IRNet(saved["backbone"], None, True)
+        self.model.load_state_dict(saved["model"])
+        self.model.eval()
+        self.root, self.cam_dir, self.out_dir = Path(root), Path(cam_dir), Path(out_dir)
+        self.config, self.num_classes = config, num_classes
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        matrix = ConfusionMatrix(self.num_classes)
+        for image_id, image_path, mask in zip(
+            batch["id"], batch["image"], batch["mask"], strict=True
+        ):
+            image = read_rgb(self.root / str(image_path))
+            saved = np.load(self.cam_dir / f"{image_id}.npz")
+            with torch.no_grad():
+                boundary = infer_boundary(
+                    self.model, to_model_input(torch.from_numpy(image)[None])[0]
+                )
+            cams = torch.from_numpy(saved["cams"].astype(np.float32))
+            if cams.shape[-2:] != boundary.shape and len(cams):
+                # CAMs saved at another stride than IRNet's 4 are resampled to its grid.
+                cams = F.interpolate(cams[None], size=boundary.shape, mode="bilinear")[0]
+            pseudo = propagate_to_mask(
+                cams,
+                saved["classes"].tolist(),
+                boundary,
+                image.shape[:2],
+                bg_threshold=self.config.sem_seg_bg_thres,
+                radius=self.config.radius_infer,
+                beta=self.config.beta,
+                exp_times=self.config.exp_times,
+            )
+            write_palette_png(self.out_dir / f"{image_id}.png", pseudo)
+            if isinstance(mask, str):
+                matrix.update(pseudo, read_mask(self.root / mask))
+        return {"confusion": matrix.counts.reshape(1, -1)}
+
+
+def make_pseudo_masks(
+    config: WsssConfig, info: DatasetInfo, rows: list[ManifestRow], cam_dir: Path, step_dir: Path
+) -> dict[str, Any]:
+    """Pseudo masks for every train and val image with CAMs; the val masks' metrics."""
+    out_dir = step_dir / PSEUDO_MASK_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wanted = [
+        r for r in rows if r.split in ("train", "val") and (cam_dir / f"{r.id}.npz").is_file()
+    ]
+    confusions = rows_dataset(wanted).map_batches(
+        PseudoMaskWriter,
+        fn_constructor_kwargs={
+            "model_file": str(step_dir / IRNET_FILE),
+            "root": str(info.root),
+            "cam_dir": str(cam_dir),
+            "out_dir": str(out_dir),
+            "config": config.step2,
+            "num_classes": len(info.classes),
+        },
+        batch_size=4,
+        batch_format="numpy",
+        concurrency=config.ray.num_cpus,
+        num_cpus=1,
+    )
+    matrix = ConfusionMatrix(len(info.classes))
+    for batch in confusions.iter_batches(batch_format="numpy", batch_size=None):
+        matrix.counts += batch["confusion"].sum(axis=0).reshape(matrix.counts.shape)
+    return dict(matrix.summary(info.classes))
+
+
+def confident_ids(top_scores: dict[str, float], min_confidence: float) -> list[str]:
+    """Train images whose classifier confidence (top class score) exceeds `min_confidence`."""
+    return [image_id for image_id, score in top_scores.items() if score > min_confidence]
+
+
+def run_step2(
+    config: WsssConfig,
+    info: DatasetInfo,
+    rows: list[ManifestRow],
+    step1_dir: Path,
+    step1_summary: dict[str, Any],
+    step_dir: Path,
+) -> dict[str, Any]:
+    """Train IRNet and write the pseudo masks; returns history and the val metrics."""
+    confident = confident_ids(step1_summary["train_top_scores"], config.step2.min_confidence)
+    trained = train_irnet(config, info, rows, step1_dir / "ir_labels", confident, step_dir)
+    return {**trained, "irnet": make_pseudo_masks(config, info, rows, step1_dir / "cams", step_dir)}
