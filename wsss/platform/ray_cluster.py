@@ -38,7 +38,6 @@ def ray_session(config: RayConfig) -> Iterator[str]:
         finally:
             ray.shutdown()
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     context = ray.init(
         address="local",
         num_cpus=config.num_cpus,
