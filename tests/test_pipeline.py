@@ -1,6 +1,12 @@
 """End to end: `wsss run --preset smoke` on a real local Ray cluster, tracked in MLflow."""
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -8,9 +14,10 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from wsss.platform.datasets.images import read_mask
+from wsss.platform.datasets.images import read_mask, read_rgb
 from wsss.platform.datasets.manifest import load_dataset
 from wsss.platform.pipeline import REPORT_FILE, format_table2, run_pipeline, table2
+from wsss.platform.predict import predict_images
 
 STEPS = ("cam", "cam_crf", "irnet", "segmentation", "segmentation_tta")
 
@@ -119,3 +126,61 @@ def test_a_changed_step3_setting_reuses_steps_1_and_2(smoke_run, smoke_config, c
     assert "[step1] reusing" in out and "[step2] reusing" in out and "[step3] reusing" in out
     assert 0.0 <= report["steps"]["segmentation_tta"]["miou"] <= 1.0
     assert Path(runs_dir / "smoke-tta" / REPORT_FILE).is_file()
+
+
+def test_predict_writes_a_mask_and_an_overlay_per_readable_image(smoke_run, smoke_config, tmp_path):
+    runs_dir, _ = smoke_run
+    dataset = next((runs_dir / "datasets").iterdir())
+    inputs = tmp_path / "photos"
+    (inputs / "nested").mkdir(parents=True)
+    shutil.copy(dataset / "JPEGImages" / "val_000000.jpg", inputs / "a.jpg")
+    shutil.copy(dataset / "JPEGImages" / "val_000001.jpg", inputs / "nested" / "b.jpg")
+    (inputs / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    out = tmp_path / "out"
+    summary = predict_images(runs_dir / "smoke", [inputs], out, smoke_config)
+    assert summary["written"] == 2
+    assert [Path(path).name for path, _ in summary["unreadable"]] == ["broken.jpg"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.png", "a_overlay.png", "nested__b.png", "nested__b_overlay.png",
+    ]  # fmt: skip
+    mask = read_mask(out / "a.png")
+    assert mask.shape == (64, 64) and mask.max() < 7
+    overlay = read_rgb(out / "a_overlay.png")
+    assert overlay.shape[0] == 64 and overlay.shape[1] > 128  # image | overlay
+
+
+def test_a_run_killed_during_step2_resumes_and_reports_like_before(smoke_run, tmp_path):
+    """SIGKILL the driver of a fresh run in step 2, start it again: step 1 is reused, step 2
+    resumes in its .partial folder, and the report has every metric."""
+    runs_dir = tmp_path / "runs"
+    dataset = next((smoke_run[0] / "datasets").iterdir())
+    (runs_dir / "datasets").mkdir(parents=True)
+    shutil.copytree(dataset, runs_dir / "datasets" / dataset.name)  # no need to draw it again
+    command = [sys.executable, "-m", "wsss.cli", "run", "--preset", "smoke",
+               "--runs-dir", str(runs_dir)]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if "[step2] starting" in line:
+            time.sleep(8)  # into IRNet training
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    assert any("[step2] starting" in line for line in seen), "".join(seen[-20:])
+    partial = list((runs_dir / "cache").glob("step2-*.partial"))
+    assert len(partial) == 1
+    step1_before = json.loads(next((runs_dir / "cache").glob("step1-*/summary.json")).read_text())
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "[step1] reusing" in again.stdout
+    assert "[step2] resuming" in again.stdout
+    report = json.loads((runs_dir / "smoke" / REPORT_FILE).read_text())
+    assert report["steps"]["cam"] == step1_before["cam"]
+    assert report["steps"]["cam_crf"] == step1_before["cam_crf"]
+    assert set(report["steps"]) == set(STEPS)
+    assert not list((runs_dir / "cache").glob("*.partial"))
+    assert "Step 3. Segmentation + TTA" in again.stdout  # Table 2 printed at the end

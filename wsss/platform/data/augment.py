@@ -32,37 +32,30 @@ from wsss.platform.datasets.images import IGNORE_INDEX
 DENSE_TARGETS = {"cams": "mask"}
 
 
+def _pad_to(size: int) -> A.PadIfNeeded:
+    """Pad bottom/right up to `size`×`size`: image 0, mask/cams 255 (ignore)."""
+    return A.PadIfNeeded(
+        min_height=size,
+        min_width=size,
+        position="top_left",
+        border_mode=cv2.BORDER_CONSTANT,
+        fill=0,
+        fill_mask=IGNORE_INDEX,
+    )
+
+
 def _fit_to_square(size: int) -> list[A.BasicTransform]:
-    """Longer side to `size`, then pad bottom/right to `size`×`size` (image 0, mask/cams 255)."""
-    return [
-        A.LongestMaxSize(
-            max_size=size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST
-        ),
-        A.PadIfNeeded(
-            min_height=size,
-            min_width=size,
-            position="top_left",
-            border_mode=cv2.BORDER_CONSTANT,
-            fill=0,
-            fill_mask=IGNORE_INDEX,
-        ),
-    ]
+    """Longer side to `size`, then pad to `size`×`size`."""
+    longest = A.LongestMaxSize(
+        max_size=size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST
+    )
+    return [longest, _pad_to(size)]
 
 
 def _crop_to_square(size: int) -> list[A.BasicTransform]:
-    """Pad bottom/right up to `size` (image 0, mask/cams 255), then a random `size`×`size` crop:
-    the image keeps its scale, as multi-scale training needs (IRNet crops, it does not resize)."""
-    return [
-        A.PadIfNeeded(
-            min_height=size,
-            min_width=size,
-            position="top_left",
-            border_mode=cv2.BORDER_CONSTANT,
-            fill=0,
-            fill_mask=IGNORE_INDEX,
-        ),
-        A.RandomCrop(height=size, width=size),
-    ]
+    """Pad up to `size`, then a random `size`×`size` crop: the image keeps its scale, as
+    multi-scale training needs (IRNet crops, it does not resize)."""
+    return [_pad_to(size), A.RandomCrop(height=size, width=size)]
 
 
 def strong_augmentation(

@@ -27,6 +27,7 @@ from wsss.platform.data.pipeline import decoded_dataset, rows_dataset, to_model_
 from wsss.platform.datasets.images import read_mask, read_rgb, write_palette_png
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
 from wsss.platform.metrics import ConfusionMatrix
+from wsss.platform.steps import total_confusions
 from wsss.platform.training import TrainOutput, TrainTask, fit
 from wsss.stages.classification.backbones import create_classifier
 from wsss.stages.classification.cam import (
@@ -350,13 +351,7 @@ def extract_cams(
         batch_format="numpy",
         num_cpus=1,
     )
-    totals = {
-        "cam": ConfusionMatrix(len(info.classes)),
-        "cam_crf": ConfusionMatrix(len(info.classes)),
-    }
-    for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
-        for key, matrix in totals.items():
-            matrix.counts += batch[key].sum(axis=0).reshape(matrix.counts.shape)
+    totals = total_confusions(scored, ["cam", "cam_crf"], len(info.classes))
     return {
         "cam": totals["cam"].summary(info.classes),
         "cam_crf": totals["cam_crf"].summary(info.classes),

@@ -24,6 +24,7 @@ from wsss.platform.data.pipeline import decoded_dataset, rows_dataset, to_model_
 from wsss.platform.datasets.images import read_mask, read_rgb, write_palette_png
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
 from wsss.platform.metrics import ConfusionMatrix
+from wsss.platform.steps import total_confusions
 from wsss.platform.training import TrainTask, fit
 from wsss.stages.irnet.affinity_labels import affinity_labels
 from wsss.stages.irnet.losses import irnet_loss
@@ -209,9 +210,7 @@ def make_pseudo_masks(
         concurrency=config.ray.num_cpus,
         num_cpus=1,
     )
-    matrix = ConfusionMatrix(len(info.classes))
-    for batch in confusions.iter_batches(batch_format="numpy", batch_size=None):
-        matrix.counts += batch["confusion"].sum(axis=0).reshape(matrix.counts.shape)
+    matrix = total_confusions(confusions, ["confusion"], len(info.classes))["confusion"]
     return dict(matrix.summary(info.classes))
 
 

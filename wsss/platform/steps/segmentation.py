@@ -31,6 +31,7 @@ from wsss.platform.datasets.images import (
 )
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
 from wsss.platform.metrics import ConfusionMatrix
+from wsss.platform.steps import total_confusions
 from wsss.platform.training import TrainTask, fit
 from wsss.stages.segmentation.model import create_segmentation_model
 from wsss.stages.segmentation.render import overlay, side_by_side
@@ -212,9 +213,7 @@ def evaluate_segmenter(
         concurrency=config.ray.num_cpus,
         num_cpus=1,
     )
-    matrix = ConfusionMatrix(len(info.classes))
-    for batch in confusions.iter_batches(batch_format="numpy", batch_size=None):
-        matrix.counts += batch["confusion"].sum(axis=0).reshape(matrix.counts.shape)
+    matrix = total_confusions(confusions, ["confusion"], len(info.classes))["confusion"]
     return dict(matrix.summary(info.classes))
 
 
