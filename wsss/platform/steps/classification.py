@@ -33,6 +33,7 @@ from wsss.stages.classification.backbones import create_classifier
 from wsss.stages.classification.cam import (
     cam_to_mask,
     confident_labels,
+    grad_cam,
     multiscale_cam,
     normalise_cams,
 )
@@ -171,7 +172,8 @@ class CamExtractor:
     Kept classes: the image's labels among the classifier's classes; for an unlabelled image,
     the classes scoring above their saved thresholds. With a binary classifier for an excluded
     class, its CAM is added (`merge_binary_cams`) where that class is labelled or predicted —
-    the only way to recover it where its label is missing.
+    the only way to recover it where its label is missing. With `cam_method: gradcam` each
+    kept class's map is Grad-CAM on `gradcam_layer` instead of the multi-scale CAM.
     """
 
     def __init__(
@@ -191,7 +193,8 @@ class CamExtractor:
         image = read_rgb(self.root / image_path)
         x = to_model_input(torch.from_numpy(image)[None])[0]
         labelled = {self.classes.index(label) for label in labels}
-        maps, indices, top = [], [], 0.0
+        kept: list[tuple[int, torch.nn.Module, int]] = []  # (dataset class, model, output)
+        top = 0.0
         for rank, (model, class_indices, thresholds) in enumerate(self.models):
             with torch.no_grad():
                 scores = torch.sigmoid(model(x[None]))[0].numpy()
@@ -200,19 +203,31 @@ class CamExtractor:
             is_binary = rank > 0
             for k, class_index in enumerate(class_indices):
                 predicted = scores[k] > thresholds[k]
-                keep = (class_index in labelled) or ((not labels or is_binary) and predicted)
-                if keep:
-                    indices.append(class_index)
-                    maps.append((model, k))
-        height, width = image.shape[:2]
-        cams = np.zeros((len(maps), *self._cam_size(height, width)), np.float32)
-        for i, (model, k) in enumerate(maps):
-            full = multiscale_cam(
-                model, x, self.config.cam_scales, self.config.cam_flip, self.config.cam_stride
-            )
-            cams[i] = full[k].numpy()
-        if len(maps):
-            cams = normalise_cams(torch.from_numpy(cams), self.config.cam_norm).numpy()
+                if (class_index in labelled) or ((not labels or is_binary) and predicted):
+                    kept.append((class_index, model, k))
+        cam_size = self._cam_size(*image.shape[:2])
+        per_model: dict[int, torch.Tensor] = {}
+        maps = []
+        for _, model, k in kept:
+            if self.config.cam_method == "gradcam":
+                cam = grad_cam(model, x, self.config.gradcam_layer, k)
+                cam = F.interpolate(cam[None, None], size=cam_size, mode="bilinear")[0, 0]
+            else:
+                if id(model) not in per_model:
+                    per_model[id(model)] = multiscale_cam(
+                        model,
+                        x,
+                        self.config.cam_scales,
+                        self.config.cam_flip,
+                        self.config.cam_stride,
+                    )
+                cam = per_model[id(model)][k]
+            maps.append(cam.detach())
+        cams = torch.stack(maps) if maps else torch.zeros((0, *cam_size))
+        if maps:
+            cams = normalise_cams(cams, self.config.cam_norm)
+        cams = cams.numpy()
+        indices = [class_index for class_index, _, _ in kept]
         temporary = self.cam_dir / f".{image_id}.tmp.npz"
         np.savez(
             temporary,
