@@ -158,6 +158,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for batch in train_shard.iter_torch_batches(
             batch_size=task.batch_size, dtypes=task.batch_dtypes or None, drop_last=False
         ):
+            if len(next(iter(batch.values()))) == 0:
+                continue  # an even split across workers can hand one an empty batch
             loss = task.batch_loss(model, batch)
             optimizer.zero_grad()
             loss.backward()
