@@ -63,16 +63,3 @@ def test_synth_size_flags_override_the_preset(tmp_path: Path):
 def test_stats_on_a_folder_that_is_not_a_dataset(tmp_path: Path):
     result = _wsss("data", "stats", str(tmp_path))
     assert result.returncode == 2 and "dataset.json is missing" in result.stderr
-
-
-def test_run_saves_the_resolved_config_and_reuses_the_dataset(tmp_path: Path):
-    runs = tmp_path / "runs"
-    first = _wsss("run", "--preset", "smoke", "--runs-dir", str(runs))
-    assert first.returncode == 0, first.stderr
-    assert "drawing the synthetic set" in first.stdout
-    assert "not implemented yet" in first.stdout  # never a metric that was not computed
-    saved = yaml.safe_load((runs / "smoke" / "config.yaml").read_text())
-    assert saved["data"]["synthetic"]["train_images"] == 160
-    assert json.loads((runs / "smoke" / "dataset_stats.json").read_text())["images"]["val"] == 24
-    second = _wsss("run", "--preset", "smoke", "--runs-dir", str(runs))
-    assert second.returncode == 0 and "reusing the synthetic set" in second.stdout

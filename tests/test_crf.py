@@ -89,6 +89,14 @@ def test_probability_crf_matches_psa_definition() -> None:
     np.testing.assert_array_equal(refine_probabilities(image, probs, CRFConfig()), expected)
 
 
+def test_read_only_inputs_are_accepted() -> None:
+    image, truth, probs = two_region_scene(seed=4)
+    for array in (image, truth, probs):
+        array.flags.writeable = False
+    assert refine_probabilities(image, probs, CRFConfig(iterations=1)).shape == probs.shape
+    assert refine_labels(image, truth, 2, CRFConfig(iterations=1)).shape == truth.shape
+
+
 def test_small_label_dtype_is_kept() -> None:
     image, truth, _ = two_region_scene(seed=3)
     refined = refine_labels(image, truth.astype(np.uint8), 2, CRFConfig())
@@ -174,6 +182,8 @@ def test_refine_batch_needs_its_columns() -> None:
         refine_batch({"image": image[None], "scores": probs[None]}, CRFConfig())
     with pytest.raises(ValueError, match="needs n_labels"):
         refine_batch({"image": image[None], "labels": probs[None]}, CRFConfig(), mode="labels")
+    with pytest.raises(ValueError, match="unknown mode 'soft'"):
+        refine_batch({"image": image[None], "probs": probs[None]}, CRFConfig(), mode="soft")
 
 
 @pytest.mark.ray

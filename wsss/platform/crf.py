@@ -108,13 +108,14 @@ def refine_labels(
 
 
 def _checked_image(image: np.ndarray) -> np.ndarray:
-    """The image as pydensecrf needs it: C-contiguous uint8 [H, W, 3]."""
+    """The image as pydensecrf needs it: C-contiguous, writable uint8 [H, W, 3]."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise ValueError(f"image must be uint8, got dtype {image.dtype}")
     if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
         raise ValueError(f"image must be [H, W, 3] with H, W > 0, got shape {image.shape}")
-    return np.ascontiguousarray(image)
+    # pydensecrf takes the image as a writable memoryview; Ray's zero-copy batches are read-only.
+    return np.require(image, requirements=["C_CONTIGUOUS", "WRITEABLE"])
 
 
 def _mean_field(
@@ -164,10 +165,9 @@ def refine_batch(
         column's dtype stays uniform), plus `crf_failed` (bool [B]) and `crf_error` (str [B],
         "" where the row was refined).
     """
+    _check_mode(mode, n_labels)
     input_column = input_column or DEFAULT_INPUT_COLUMNS[mode]
     output_column = output_column or input_column
-    if mode == "labels" and n_labels is None:
-        raise ValueError('mode "labels" needs n_labels')
     missing = {image_column, input_column} - set(batch)
     if missing:
         raise ValueError(f"batch lacks column(s) {sorted(missing)}; it has {sorted(batch)}")
@@ -196,6 +196,13 @@ def refine_batch(
         "crf_failed": np.array([bool(error) for error in errors], dtype=bool),
         "crf_error": np.array(errors, dtype=str),
     }
+
+
+def _check_mode(mode: RefineMode, n_labels: int | None) -> None:
+    if mode not in DEFAULT_INPUT_COLUMNS:
+        raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(DEFAULT_INPUT_COLUMNS)}")
+    if mode == "labels" and n_labels is None:
+        raise ValueError('mode "labels" needs n_labels')
 
 
 def _unrefined(value: Any, mode: RefineMode) -> np.ndarray:
@@ -233,8 +240,7 @@ def refine_dataset(
     `num_cpus` CPUs (pydensecrf is single-threaded, so 1 is right unless memory is the limit),
     with at most `concurrency` tasks at a time (default: as many as the CPUs allow).
     """
-    if mode == "labels" and n_labels is None:
-        raise ValueError('mode "labels" needs n_labels')
+    _check_mode(mode, n_labels)
     return dataset.map_batches(
         refine_batch,
         batch_format="numpy",
