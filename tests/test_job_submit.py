@@ -37,6 +37,13 @@ def test_ray_job_submit_runs_wsss_on_a_head_node(smoke_run, tmp_path: Path):
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.2",
          "--port", str(_free_port()), "--dashboard-host", "127.0.0.1",
          "--dashboard-port", str(dashboard), "--num-cpus", "2", "--memory", str(3 * 1024**3),
+         # Fixed defaults (the agent's 52365, the client server's 10001) may be taken by the
+         # test session's own cluster: every port gets a free one.
+         "--dashboard-agent-listen-port", str(_free_port()),
+         "--dashboard-agent-grpc-port", str(_free_port()),
+         "--metrics-export-port", str(_free_port()),
+         "--runtime-env-agent-port", str(_free_port()),
+         "--ray-client-server-port", str(_free_port()),
          "--object-store-memory", str(300 * 1024**2), "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
@@ -51,17 +58,24 @@ def test_ray_job_submit_runs_wsss_on_a_head_node(smoke_run, tmp_path: Path):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{address}/api/jobs/", timeout=30)
         assert refused.value.code == 401
-        submitted = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
-             "--submission-id", "wsss-smoke", "--", "python", "-m", "wsss.cli", "run",
-             "--preset", "smoke", "--runs-dir", str(runs_dir), "--set", "name=smoke-job"],
-            env=env, capture_output=True, text=True, timeout=1200,
-        )  # fmt: skip
+        submit = [
+            str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
+            "--submission-id", "wsss-smoke", "--", "python", "-m", "wsss.cli", "run",
+            "--preset", "smoke", "--runs-dir", str(runs_dir), "--set", "name=smoke-job",
+        ]  # fmt: skip
+        for _ in range(30):  # the head's job agent comes up a little after its dashboard
+            submitted = subprocess.run(
+                submit, env=env, capture_output=True, text=True, timeout=1200
+            )
+            if "No available agent" not in submitted.stderr:
+                break
+            time.sleep(3)
         status = subprocess.run(
             [str(BIN / "ray"), "job", "status", "--address", address, "wsss-smoke"],
             env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
-        assert "SUCCEEDED" in status.stdout, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+        shown = status.stdout + status.stderr
+        assert "succeeded" in shown.lower(), submitted.stdout[-3000:] + submitted.stderr[-3000:]
         assert "the cluster at" in submitted.stdout  # the job joined the head, no new cluster
         report = json.loads((runs_dir / "smoke-job" / "report.json").read_text())
         assert report["steps"] == json.loads(json.dumps(first["steps"]))
