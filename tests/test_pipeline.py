@@ -100,6 +100,7 @@ def test_mlflow_holds_the_parent_and_step_runs_with_the_same_numbers(smoke_run):
     step1 = next(run for run in children if run.info.run_name == "step1")
     assert step1.data.params["backbone"] == "resnet18"
     assert "loss" in step1.data.metrics
+    assert step1.data.metrics["cam_crf_miou"] == pytest.approx(report["steps"]["cam_crf"]["miou"])
     artifacts = [a.path for a in client.list_artifacts(parent.info.run_id, "panels")]
     assert len(artifacts) >= 1 and artifacts[0].endswith(".png")
     assert mlflow.get_tracking_uri() == report["mlflow"]["tracking_uri"]

@@ -46,6 +46,8 @@ STEP_NAMES = {
     "segmentation_tta": "Step 3. Segmentation + TTA",
 }
 PANEL_IMAGES = 4
+# Metrics a step's own summary holds, logged to its nested MLflow run as well.
+STEP_METRICS = {"step1": ("cam", "cam_crf"), "step2": ("irnet",)}
 
 
 def config_key(*parts: Any) -> str:
@@ -191,6 +193,8 @@ def run_pipeline(config: WsssConfig, runs_dir: Path) -> dict[str, Any]:
                 folders[step], summaries[step] = cache.run(step, step_keys[step], build)
                 timings[step] = summaries[step]["duration_s"]
                 tracker.log_history(summaries[step].get("history", []))
+                for name in STEP_METRICS.get(step, ()):
+                    tracker.log_metrics(metric_values(summaries[step][name], name))
                 link = run_dir / step
                 if link.is_symlink() or link.exists():
                     link.unlink()
