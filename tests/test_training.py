@@ -36,7 +36,10 @@ def _mse(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def _mse_dying_once(model: nn.Module, batch: dict[str, torch.Tensor], folder: str) -> torch.Tensor:
     """Counts batches in `folder`; the worker process dies once, in its 6th batch (epoch 2)."""
     counter = Path(folder) / f"batches-{os.getpid()}"
-    counter.write_text(str(int(counter.read_text()) + 1 if counter.exists() else 1))
+    count = int(counter.read_text()) + 1 if counter.exists() else 1
+    # Written whole through a rename: the other worker reads these files at any moment.
+    (Path(folder) / f".tmp-{os.getpid()}").write_text(str(count))
+    (Path(folder) / f".tmp-{os.getpid()}").replace(counter)
     total = sum(int(p.read_text()) for p in Path(folder).glob("batches-*"))
     marker = Path(folder) / "died"
     if total >= 11 and not marker.exists():
