@@ -20,15 +20,16 @@ import numpy as np
 from wsss.platform.config import TrackingConfig
 
 DATABASE_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
 
 
 def tracking_uri(config: TrackingConfig, runs_dir: Path) -> str:
     """The store to log to: config, then MLFLOW_TRACKING_URI, then runs_dir/mlflow.db."""
-    return (
-        config.tracking_uri
-        or os.environ.get("MLFLOW_TRACKING_URI")
-        or f"sqlite:///{(Path(runs_dir) / DATABASE_FILE).resolve()}"
-    )
+    return config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _default_uri(runs_dir)
+
+
+def _default_uri(runs_dir: Path) -> str:
+    return f"sqlite:///{(Path(runs_dir) / DATABASE_FILE).resolve()}"
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -62,6 +63,13 @@ class Tracker:
     def __init__(self, config: TrackingConfig, runs_dir: Path) -> None:
         self.uri = tracking_uri(config, runs_dir)
         mlflow.set_tracking_uri(self.uri)
+        if mlflow.get_experiment_by_name(config.experiment) is None:
+            # Without a location MLflow puts artifacts in ./mlruns of whatever the current
+            # folder is; next to the default database they stay with the run they belong to.
+            # A tracking server given by URI chooses its own artifact store.
+            local = self.uri == _default_uri(runs_dir)
+            location = (Path(runs_dir) / ARTIFACT_DIR).resolve().as_uri() if local else None
+            mlflow.create_experiment(config.experiment, artifact_location=location)
         mlflow.set_experiment(config.experiment)
 
     @contextmanager
