@@ -13,7 +13,7 @@ What is timed, and why it is fair:
   image, score it, multi-scale CAMs of the kept classes, normalise, write `cams/<id>.npz`).
   The model is loaded before timing.
 - (b) Ray: inside `ray_session(load_config("demo").ray)`, the actor pool as `extract_cams`
-  builds it (`map_batches(CamExtractor, batch_size=8, concurrency=num_cpus (2), num_cpus=1)`,
+  builds it (`map_batches(CamExtractor, batch_size=8, num_cpus=1)`, a fixed pool of 2 actors,
   one thread per actor: 2 threads in all). The rows Dataset is put in the object store
   before timing; a pass is timed from `map_batches` to the end of `.materialize()` of its
   output (ids and top scores). Cluster start-up is not timed; each pass starts a new actor
@@ -156,7 +156,7 @@ def bench_ray(
                 fn_constructor_kwargs=kwargs,
                 batch_size=BATCH_SIZE,
                 batch_format="numpy",
-                concurrency=config.ray.num_cpus,
+                compute=ray.data.ActorPoolStrategy(size=config.ray.num_cpus),
                 num_cpus=1,
             )
 
