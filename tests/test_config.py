@@ -94,6 +94,18 @@ def test_swapped_confidence_thresholds_are_refused():
         load_config("smoke", overrides=["step1.conf_fg_thres=0.05", "step1.conf_bg_thres=0.3"])
 
 
+@pytest.mark.parametrize(
+    ("section", "key"), [("step2", "backbone"), ("step3", "encoder")], ids=["irnet", "deeplab"]
+)
+def test_initial_weights_from_step1_need_the_same_backbone(section, key):
+    message = rf"{section}\.{key}_from .* needs {section}\.{key} \('resnet50'\) equal to step1"
+    with pytest.raises(ConfigError, match=message):
+        load_config(
+            "smoke",
+            overrides=[f"{section}.{key}_from=step1_classifier", f"{section}.{key}=resnet50"],
+        )
+
+
 def test_every_error_is_reported_at_once():
     with pytest.raises(ConfigError) as error:
         load_config("smoke", overrides=["step2.beta=-1", "ray.num_cpus=0", "tta=1"])

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from wsss.stages.classification.backbones import create_classifier
 from wsss.stages.irnet.model import IRNet, infer_boundary
 
 
@@ -127,3 +128,28 @@ def test_without_flip_one_pass_is_used():
     boundary = infer_boundary(model, image, flip=False)
     assert model.inputs[-1].shape == (1, 3, 4, 8)
     torch.testing.assert_close(boundary, torch.sigmoid(torch.tensor([[0.0, 2.0]])))
+
+
+def test_classifier_backbone_is_copied_layer_for_layer():
+    torch.manual_seed(0)
+    classifier = create_classifier("resnet18", num_classes=3, weights=None)
+    # Non-default BatchNorm statistics, so a copy that skipped buffers would show.
+    for bn in batchnorms(classifier.features):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    classifier.eval()
+    model = IRNet("resnet18", weights=None).eval()
+    model.load_classifier_backbone(classifier.state_dict())
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        features = image
+        for stage in model.backbone:
+            features = stage(features)
+        expected = classifier.features(image)
+    torch.testing.assert_close(features, expected, rtol=0, atol=0)
+
+
+def test_classifier_backbone_of_another_architecture_is_refused():
+    classifier = create_classifier("resnet50", num_classes=3, weights=None)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        IRNet("resnet18", weights=None).load_classifier_backbone(classifier.state_dict())

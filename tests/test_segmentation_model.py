@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from wsss.stages.segmentation.model import create_segmentation_model
+from wsss.stages.classification.backbones import create_classifier
+from wsss.stages.segmentation.model import create_segmentation_model, load_classifier_encoder
 
 NUM_CLASSES = 3
 INPUT_SIZE = 64
@@ -60,3 +61,27 @@ def test_unrelated_unknown_encoder_still_suggests_names():
 def test_invalid_arguments_are_rejected(num_classes, weights, message):
     with pytest.raises(ValueError, match=message):
         create_segmentation_model("resnet18", num_classes, weights=weights)
+
+
+def test_classifier_encoder_is_copied_and_matches_up_to_the_dilated_stage():
+    torch.manual_seed(0)
+    classifier = create_classifier("resnet18", num_classes=3, weights=None).eval()
+    model = create_segmentation_model("resnet18", num_classes=4).eval()
+    load_classifier_encoder(model, classifier.state_dict())
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        # Up to layer3 both networks are the same function; layer4 is dilated only in smp's.
+        expected = classifier.features[:-1](image)
+        encoder = model.encoder
+        x = encoder.maxpool(encoder.relu(encoder.bn1(encoder.conv1(image))))
+        actual = encoder.layer3(encoder.layer2(encoder.layer1(x)))
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    torch.testing.assert_close(
+        model.encoder.layer4[1].conv2.weight, classifier.features.layer4[1].conv2.weight
+    )
+
+
+def test_classifier_encoder_of_another_architecture_is_refused():
+    classifier = create_classifier("resnet50", num_classes=3, weights=None)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        load_classifier_encoder(create_segmentation_model("resnet18", 4), classifier.state_dict())

@@ -169,6 +169,9 @@ class IRNetConfig(StrictModel):
 
     backbone: str = "resnet50"
     weights: Literal["imagenet"] | None = "imagenet"
+    # "step1_classifier" starts the backbone from step 1's trained classifier (same backbone
+    # name required), for runs that cannot download ImageNet weights; `weights` is then unused.
+    backbone_from: Literal["weights", "step1_classifier"] = "weights"
     freeze_backbone: bool = True
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -220,6 +223,8 @@ class SegmentationConfig(StrictModel):
 
     encoder: str = "resnet50"
     weights: Literal["imagenet"] | None = "imagenet"
+    # As step2.backbone_from: the encoder starts from step 1's classifier (same ResNet).
+    encoder_from: Literal["weights", "step1_classifier"] = "weights"
     output_stride: Literal[8, 16] = 16
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -259,6 +264,20 @@ class WsssConfig(StrictModel):
     step3: SegmentationConfig = SegmentationConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _initial_weights_match_the_classifier(self) -> WsssConfig:
+        taken = (
+            ("step2.backbone", self.step2.backbone, self.step2.backbone_from),
+            ("step3.encoder", self.step3.encoder, self.step3.encoder_from),
+        )
+        for key, name, source in taken:
+            if source == "step1_classifier" and name != self.step1.backbone:
+                raise ValueError(
+                    f"{key}_from 'step1_classifier' needs {key} ({name!r}) equal to "
+                    f"step1.backbone ({self.step1.backbone!r})"
+                )
+        return self
 
 
 def _check_scales(scales: list[float]) -> list[float]:

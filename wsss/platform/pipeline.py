@@ -184,7 +184,12 @@ def run_pipeline(config: WsssConfig, runs_dir: Path) -> dict[str, Any]:
                 config, info, rows, folders["step1"], summaries["step1"], folder
             ),
             "step3": lambda folder: segmentation.train_segmenter(
-                config, info, rows, folders["step2"] / irnet.PSEUDO_MASK_DIR, folder
+                config,
+                info,
+                rows,
+                folders["step2"] / irnet.PSEUDO_MASK_DIR,
+                folders["step1"] / classification.CLASSIFIER_FILE,
+                folder,
             ),
         }
         sections = {"step1": config.step1, "step2": config.step2, "step3": config.step3}

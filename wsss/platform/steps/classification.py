@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray.data
 import torch
 import torch.nn.functional as F
 
@@ -348,7 +349,7 @@ def extract_cams(
         batch_size=8,
         batch_format="numpy",
         # One model per CPU: CAM extraction is compute-bound and each actor uses one thread.
-        concurrency=config.ray.num_cpus,
+        compute=ray.data.ActorPoolStrategy(size=config.ray.num_cpus),
         num_cpus=1,
     )
     tops = extracted.to_pandas()

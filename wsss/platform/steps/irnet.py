@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray.data
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +26,7 @@ from wsss.platform.datasets.images import read_mask, read_rgb, write_palette_png
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
 from wsss.platform.metrics import ConfusionMatrix
 from wsss.platform.steps import total_confusions
+from wsss.platform.steps.classification import CLASSIFIER_FILE
 from wsss.platform.training import TrainTask, fit
 from wsss.stages.irnet.affinity_labels import affinity_labels
 from wsss.stages.irnet.losses import irnet_loss
@@ -37,8 +39,13 @@ PSEUDO_MASK_DIR = "pseudo_masks"
 FEATURE_STRIDE = 4
 
 
-def _build(backbone: str, weights: str | None, freeze_backbone: bool) -> IRNet:
-    return IRNet(backbone, weights, freeze_backbone)
+def _build(
+    backbone: str, weights: str | None, freeze_backbone: bool, classifier_file: str | None
+) -> IRNet:
+    model = IRNet(backbone, None if classifier_file else weights, freeze_backbone)
+    if classifier_file:
+        model.load_classifier_backbone(torch.load(classifier_file, weights_only=True)["model"])
+    return model
 
 
 def _param_groups(model: IRNet, lr_boundary: float, lr_displacement: float) -> list[dict]:
@@ -74,9 +81,14 @@ def train_irnet(
     rows: list[ManifestRow],
     ir_label_dir: Path,
     confident_ids: list[str],
+    classifier_file: Path,
     step_dir: Path,
 ) -> dict[str, Any]:
-    """Train IRNet on the confident train images' IR labels at every configured scale."""
+    """Train IRNet on the confident train images' IR labels at every configured scale.
+
+    `classifier_file` is step 1's saved classifier, read when `step2.backbone_from` is
+    "step1_classifier".
+    """
     step2 = config.step2
     if step2.crop_size % 16:
         raise ValueError(
@@ -111,7 +123,13 @@ def train_irnet(
     images = len(train_rows) * len(step2.scales)
     task = TrainTask(
         name="step2",
-        build_model=functools.partial(_build, step2.backbone, step2.weights, step2.freeze_backbone),
+        build_model=functools.partial(
+            _build,
+            step2.backbone,
+            step2.weights,
+            step2.freeze_backbone,
+            str(classifier_file) if step2.backbone_from == "step1_classifier" else None,
+        ),
         param_groups=functools.partial(
             _param_groups, lr_boundary=step2.lr_boundary, lr_displacement=step2.lr_displacement
         ),
@@ -207,7 +225,7 @@ def make_pseudo_masks(
         },
         batch_size=4,
         batch_format="numpy",
-        concurrency=config.ray.num_cpus,
+        compute=ray.data.ActorPoolStrategy(size=config.ray.num_cpus),
         num_cpus=1,
     )
     matrix = total_confusions(confusions, ["confusion"], len(info.classes))["confusion"]
@@ -229,5 +247,13 @@ def run_step2(
 ) -> dict[str, Any]:
     """Train IRNet and write the pseudo masks; returns history and the val metrics."""
     confident = confident_ids(step1_summary["train_top_scores"], config.step2.min_confidence)
-    trained = train_irnet(config, info, rows, step1_dir / "ir_labels", confident, step_dir)
+    trained = train_irnet(
+        config,
+        info,
+        rows,
+        step1_dir / "ir_labels",
+        confident,
+        step1_dir / CLASSIFIER_FILE,
+        step_dir,
+    )
     return {**trained, "irnet": make_pseudo_masks(config, info, rows, step1_dir / "cams", step_dir)}

@@ -33,7 +33,7 @@ from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
 from wsss.platform.metrics import ConfusionMatrix
 from wsss.platform.steps import total_confusions
 from wsss.platform.training import TrainTask, fit
-from wsss.stages.segmentation.model import create_segmentation_model
+from wsss.stages.segmentation.model import create_segmentation_model, load_classifier_encoder
 from wsss.stages.segmentation.render import overlay, side_by_side
 from wsss.stages.segmentation.tta import predict_labels
 
@@ -42,8 +42,19 @@ logger = logging.getLogger(__name__)
 SEGMENTER_FILE = "segmenter.pt"
 
 
-def _build(encoder: str, num_classes: int, weights: str | None, output_stride: int):
-    return create_segmentation_model(encoder, num_classes, weights, output_stride)
+def _build(
+    encoder: str,
+    num_classes: int,
+    weights: str | None,
+    output_stride: int,
+    classifier_file: str | None,
+) -> torch.nn.Module:
+    model = create_segmentation_model(
+        encoder, num_classes, None if classifier_file else weights, output_stride
+    )
+    if classifier_file:
+        load_classifier_encoder(model, torch.load(classifier_file, weights_only=True)["model"])
+    return model
 
 
 def _param_groups(model: torch.nn.Module, lr: float) -> list[dict[str, Any]]:
@@ -75,9 +86,14 @@ def train_segmenter(
     info: DatasetInfo,
     rows: list[ManifestRow],
     pseudo_mask_dir: Path,
+    classifier_file: Path,
     step_dir: Path,
 ) -> dict[str, Any]:
-    """Train DeepLabV3+ on the train images' pseudo masks; keep the best epoch by val mIoU."""
+    """Train DeepLabV3+ on the train images' pseudo masks; keep the best epoch by val mIoU.
+
+    `classifier_file` is step 1's saved classifier, read when `step3.encoder_from` is
+    "step1_classifier".
+    """
     step3 = config.step3
     num_classes = len(info.classes)
     train_rows = [
@@ -102,7 +118,12 @@ def train_segmenter(
     task = TrainTask(
         name="step3",
         build_model=functools.partial(
-            _build, step3.encoder, num_classes, step3.weights, step3.output_stride
+            _build,
+            step3.encoder,
+            num_classes,
+            step3.weights,
+            step3.output_stride,
+            str(classifier_file) if step3.encoder_from == "step1_classifier" else None,
         ),
         param_groups=functools.partial(_param_groups, lr=step3.lr),
         batch_loss=_cross_entropy,
@@ -210,7 +231,7 @@ def evaluate_segmenter(
         },
         batch_size=8,
         batch_format="numpy",
-        concurrency=config.ray.num_cpus,
+        compute=ray.data.ActorPoolStrategy(size=config.ray.num_cpus),
         num_cpus=1,
     )
     matrix = total_confusions(confusions, ["confusion"], len(info.classes))["confusion"]
@@ -236,6 +257,6 @@ def segment_images(
         },
         batch_size=4,
         batch_format="numpy",
-        concurrency=concurrency,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_cpus=1,
     )

@@ -188,6 +188,28 @@ class IRNet(nn.Module):
         self.displacement_branch = DisplacementBranch(STAGE_CHANNELS[backbone])
         self.train(self.training)
 
+    def load_classifier_backbone(self, classifier_state: dict[str, Tensor]) -> None:
+        """Copy the ``features`` of a step-1 classifier's state dict into the backbone.
+
+        The step-1 ResNets are built like this backbone, so the classifier's convolutions and
+        BatchNorm statistics transfer one to one. A classifier trained on the image-level
+        labels is the only trained backbone there is when no ImageNet weights can be
+        downloaded; a random frozen one gives the branches nothing to separate classes with.
+        """
+        prefix = "features."
+        features = {
+            key.removeprefix(prefix): value
+            for key, value in classifier_state.items()
+            if key.startswith(prefix)
+        }
+        mapped = {}
+        for stage_index, names in enumerate(STAGE_NAMES):
+            for module_index, name in enumerate(names):
+                for key, value in features.items():
+                    if key.startswith(f"{name}."):
+                        mapped[f"{stage_index}.{module_index}.{key[len(name) + 1 :]}"] = value
+        self.backbone.load_state_dict(mapped)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``[B, 3, H, W]`` -> ``(boundary logits [B, 1, h, w], displacement [B, 2, h, w])``.
 

@@ -15,7 +15,7 @@ from typing import Literal
 import segmentation_models_pytorch as smp
 from segmentation_models_pytorch.encoders import encoders as smp_encoders
 from segmentation_models_pytorch.encoders import get_encoder_names
-from torch import nn
+from torch import Tensor, nn
 
 # Shown when an unknown name resembles nothing: the paper's encoders (Table 3) and a small one.
 _SUGGESTED_ENCODERS = ("resnet18", "resnet50", "resnet101")
@@ -52,3 +52,20 @@ def create_segmentation_model(
         encoder_output_stride=output_stride,
         classes=num_classes,
     )
+
+
+def load_classifier_encoder(model: nn.Module, classifier_state: dict[str, Tensor]) -> None:
+    """Copy the ``features`` of a step-1 ResNet classifier's state dict into ``model.encoder``.
+
+    The step-1 ResNets and smp's ResNet encoders are both torchvision ResNets (the classifier
+    runs its last stage at stride 1, the encoder dilates it; the weights are the same shapes),
+    so every convolution and BatchNorm transfers by name. A mismatched architecture raises
+    RuntimeError from ``load_state_dict``.
+    """
+    prefix = "features."
+    encoder_state = {
+        key.removeprefix(prefix): value
+        for key, value in classifier_state.items()
+        if key.startswith(prefix)
+    }
+    model.encoder.load_state_dict(encoder_state)
