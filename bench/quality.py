@@ -1,0 +1,190 @@
+"""Quality benchmark: does each step earn its place, and how close does the weak pipeline get
+to full supervision on the same budget?
+
+For each seed (dataset and models both follow `seed`), runs the whole pipeline (`run_pipeline`)
+on `--preset`, then in the same Ray session:
+- scores the run's DeepLabV3+ on the test split, without and with TTA;
+- trains the same DeepLabV3+ (same step-3 config, epochs, augmentation and best-epoch rule,
+  and the same initial encoder: step 1's classifier where `step3.encoder_from` says so, as it
+  needs only image labels) on the ground-truth masks of the train images, which the synthetic
+  set keeps in `oracle/` apart from everything the weak pipeline reads, and scores it on val
+  and test without and with TTA: the fully supervised upper bound is the better of the two.
+
+Reported per step: val mIoU (CAM, CAM+CRF and IRNet are the pseudo-label generators, scored on
+val as in the paper's Table 2) and test mIoU (the two segmentation steps and full supervision),
+each as mean and standard deviation over seeds. `weak_to_full` = segmentation_tta / full and
+`cam_to_full` = cam / full, both on val, with full = `full_miou`.
+
+Ablations (`--ablations`, each a row of val mIoU per step, on the first seed): balancing by
+downsampling / upsampling / both, `person` kept with its missing labels vs excluded with the
+binary classifier's CAMs merged, and IRNet's background threshold 0.5 instead of the preset's.
+
+Run folders go to `--runs-dir` (default `runs/quality`); steps shared between rows come from the
+step cache. Prints progress and a table, and as the last line one JSON object:
+`{"steps": {step: {"val": {"mean", "std"}, "test": ...}}, "full_miou", "weak_to_full",
+"cam_to_full", "seeds", "ablations": {row: {step: val mIoU}}}` (mIoU as fractions).
+
+Run: `python bench/quality.py [--preset demo] [--seeds 3] [--ablations all|none|NAME,...]`.
+"""
+
+# wsss sets RAY_AUTH_MODE for the clusters it starts, and Ray reads that once, when imported.
+import wsss  # noqa: F401  # isort: skip
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from wsss.platform.config import WsssConfig, load_config
+from wsss.platform.datasets.manifest import load_dataset
+from wsss.platform.pipeline import STEP_NAMES, config_key, prepare_dataset, run_pipeline
+from wsss.platform.ray_cluster import ray_session
+from wsss.platform.steps import classification, segmentation
+
+ABLATIONS: dict[str, list[str]] = {
+    "balance_downsample": ["data.balance=downsample"],
+    "balance_upsample": ["data.balance=upsample"],
+    "balance_both": ["data.balance=both"],
+    "person_kept": ["step1.exclude_classes=[]", "step1.merge_binary_cams=false"],
+    "person_binary": ["step1.exclude_classes=[person]", "step1.merge_binary_cams=true"],
+    "irnet_thres_0.5": ["step2.sem_seg_bg_thres=0.5"],
+}
+ORACLE_MASK_DIR = Path("oracle") / "SegmentationClass"
+
+
+def _config(preset: str, seed: int, name: str, overrides: list[str]) -> WsssConfig:
+    return load_config(preset, None, [*overrides, f"seed={seed}", f"name={name}"])
+
+
+def full_supervision(config: WsssConfig, runs_dir: Path) -> dict[str, float]:
+    """The step-3 model trained on the train images' true masks: val and test mIoU without TTA
+    (`val`, `test`) and with it (`val_tta`, `test_tta`). Reused when the same config trained
+    it before; step 1 of `config`'s weak run must be finished (its classifier may be read)."""
+    dataset_dir = prepare_dataset(config, runs_dir)
+    info, rows = load_dataset(dataset_dir)
+    oracle = dataset_dir / ORACLE_MASK_DIR
+    if not oracle.is_dir():
+        raise FileNotFoundError(f"{oracle}: full supervision needs the synthetic set's masks")
+    step_dir = runs_dir / "full" / f"{config.name}-{config_key(config.model_dump(mode='json'))}"
+    if not (step_dir / segmentation.SEGMENTER_FILE).is_file():
+        classifier = runs_dir / config.name / "step1" / classification.CLASSIFIER_FILE
+        segmentation.train_segmenter(config, info, rows, oracle, classifier, step_dir)
+    return {
+        f"{split}{suffix}": segmentation.evaluate_segmenter(
+            config, info, rows, step_dir, tta, split
+        )["miou"]
+        for split in ("val", "test")
+        for suffix, tta in (("", None), ("_tta", config.step3.tta))
+    }
+
+
+def scores_on_test_split(config: WsssConfig, runs_dir: Path) -> dict[str, float]:
+    """Test mIoU of a finished run's segmenter, without and with TTA."""
+    info, rows = load_dataset(prepare_dataset(config, runs_dir))
+    step_dir = runs_dir / config.name / "step3"
+    return {
+        name: segmentation.evaluate_segmenter(config, info, rows, step_dir, tta, "test")["miou"]
+        for name, tta in (("segmentation", None), ("segmentation_tta", config.step3.tta))
+    }
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
+
+
+def summarize(
+    val_runs: list[dict[str, float]],
+    test_runs: list[dict[str, float]],
+    full_runs: list[dict[str, float]],
+) -> dict[str, Any]:
+    """Mean and std over seeds per step and split; weak-to-full and CAM-to-full on val."""
+    steps: dict[str, dict[str, dict[str, float]]] = {}
+    for step in STEP_NAMES:
+        steps[step] = {"val": _mean_std([run[step] for run in val_runs])}
+        if step in test_runs[0]:
+            steps[step]["test"] = _mean_std([run[step] for run in test_runs])
+    for name, suffix in (("full", ""), ("full_tta", "_tta")):
+        steps[name] = {
+            split: _mean_std([run[f"{split}{suffix}"] for run in full_runs])
+            for split in ("val", "test")
+        }
+    # The upper bound is the better of the two ways to evaluate it: TTA at scales tuned for
+    # 512 px images can cost a small-image model more than it gives.
+    full = max(steps["full"]["val"]["mean"], steps["full_tta"]["val"]["mean"])
+    return {
+        "steps": steps,
+        "full_miou": full,
+        "weak_to_full": steps["segmentation_tta"]["val"]["mean"] / full,
+        "cam_to_full": steps["cam"]["val"]["mean"] / full,
+    }
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    lines = [f"{'Method step':<36}  {'val mIoU':>15}  {'test mIoU':>15}"]
+    names = {
+        **STEP_NAMES,
+        "full": "Full supervision (true masks)",
+        "full_tta": "Full supervision (true masks) + TTA",
+    }
+    for step, splits in summary["steps"].items():
+        cells = [
+            f"{100 * splits[s]['mean']:6.2f} ± {100 * splits[s]['std']:5.2f}" if s in splits else ""
+            for s in ("val", "test")
+        ]
+        lines.append(f"{names[step]:<36}  {cells[0]:>15}  {cells[1]:>15}")
+    lines.append(
+        f"weak_to_full {summary['weak_to_full']:.3f}   cam_to_full {summary['cam_to_full']:.3f}"
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--preset", default="demo")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
+    parser.add_argument(
+        "--ablations",
+        default="none",
+        help=f"'all', 'none' or a comma-separated list of: {', '.join(ABLATIONS)}",
+    )
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/quality"))
+    args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error("--seeds must be >= 1")
+    ablations = {"all": list(ABLATIONS), "none": []}.get(args.ablations)
+    if ablations is None:
+        ablations = args.ablations.split(",")
+        unknown = sorted(set(ablations) - set(ABLATIONS))
+        if unknown:
+            parser.error(f"unknown ablations {unknown}; available: {', '.join(ABLATIONS)}")
+
+    val_runs, test_runs, full_runs = [], [], []
+    ablation_rows: dict[str, dict[str, float]] = {}
+    with ray_session(load_config(args.preset).ray):
+        for seed in range(args.seeds):
+            config = _config(args.preset, seed, f"quality-{args.preset}-s{seed}", [])
+            print(f"[quality] seed {seed}: weak pipeline", flush=True)
+            report = run_pipeline(config, args.runs_dir)
+            val_runs.append({step: m["miou"] for step, m in report["steps"].items()})
+            test_runs.append(scores_on_test_split(config, args.runs_dir))
+            print(f"[quality] seed {seed}: full supervision", flush=True)
+            full_runs.append(full_supervision(config, args.runs_dir))
+            print(f"[quality] seed {seed}: val {val_runs[-1]} full {full_runs[-1]}", flush=True)
+        for name in ablations:
+            config = _config(args.preset, 0, f"quality-{args.preset}-{name}", ABLATIONS[name])
+            print(f"[quality] ablation {name}: {' '.join(ABLATIONS[name])}", flush=True)
+            report = run_pipeline(config, args.runs_dir)
+            ablation_rows[name] = {step: m["miou"] for step, m in report["steps"].items()}
+    summary = summarize(val_runs, test_runs, full_runs)
+    print(format_table(summary))
+    for name, row in ablation_rows.items():
+        print(f"{name:<20} " + "  ".join(f"{step} {100 * v:.2f}" for step, v in row.items()))
+    print(json.dumps({**summary, "seeds": args.seeds, "ablations": ablation_rows}))
+
+
+if __name__ == "__main__":
+    main()
