@@ -41,6 +41,17 @@ def available_backbones() -> list[str]:
     return sorted(_BACKBONES)
 
 
+def features_state(classifier_state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The `features` part of a classifier's state dict, keys relative to `features`: what
+    later steps take over from a trained step-1 network."""
+    prefix = "features."
+    return {
+        key.removeprefix(prefix): value
+        for key, value in classifier_state.items()
+        if key.startswith(prefix)
+    }
+
+
 def create_classifier(
     name: str, num_classes: int, weights: Literal["imagenet"] | None = None
 ) -> "CamClassifier":

@@ -26,7 +26,7 @@ from typing import Final, Literal
 import torch
 from torch import Tensor, nn
 
-from wsss.stages.classification.backbones import Weights, create_classifier
+from wsss.stages.classification.backbones import Weights, create_classifier, features_state
 
 Backbone = Literal["resnet50", "resnet18"]
 
@@ -196,12 +196,7 @@ class IRNet(nn.Module):
         labels is the only trained backbone there is when no ImageNet weights can be
         downloaded; a random frozen one gives the branches nothing to separate classes with.
         """
-        prefix = "features."
-        features = {
-            key.removeprefix(prefix): value
-            for key, value in classifier_state.items()
-            if key.startswith(prefix)
-        }
+        features = features_state(classifier_state)
         mapped = {}
         for stage_index, names in enumerate(STAGE_NAMES):
             for module_index, name in enumerate(names):

@@ -17,6 +17,8 @@ from segmentation_models_pytorch.encoders import encoders as smp_encoders
 from segmentation_models_pytorch.encoders import get_encoder_names
 from torch import Tensor, nn
 
+from wsss.stages.classification.backbones import features_state
+
 # Shown when an unknown name resembles nothing: the paper's encoders (Table 3) and a small one.
 _SUGGESTED_ENCODERS = ("resnet18", "resnet50", "resnet101")
 
@@ -62,10 +64,4 @@ def load_classifier_encoder(model: nn.Module, classifier_state: dict[str, Tensor
     so every convolution and BatchNorm transfers by name. A mismatched architecture raises
     RuntimeError from ``load_state_dict``.
     """
-    prefix = "features."
-    encoder_state = {
-        key.removeprefix(prefix): value
-        for key, value in classifier_state.items()
-        if key.startswith(prefix)
-    }
-    model.encoder.load_state_dict(encoder_state)
+    model.encoder.load_state_dict(features_state(classifier_state))
