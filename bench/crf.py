@@ -150,7 +150,7 @@ def main() -> None:
         "--batch-size",
         type=int,
         default=16,
-        help="images per Ray task; Ray Data spends 0.1-0.2 s between tasks, so few large "
+        help="images per Ray task; each task adds a fixed Ray Data overhead, so few large "
         "tasks waste least",
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per variant")
