@@ -162,6 +162,26 @@ def test_refine_batch_passes_failed_rows_through(caplog: pytest.LogCaptureFixtur
     assert out["refined"].shape == (3, 2, SIZE, SIZE)
 
 
+def test_refine_batch_argmax_returns_the_labels_of_the_marginals() -> None:
+    scenes = [two_region_scene(seed) for seed in range(2)]
+    probs = np.stack([p for _, _, p in scenes])
+    probs[1, 0], probs[1, 1] = 0.1, 0.9
+    probs[1, 0, 0, 0] = np.nan  # fails the row
+    images = np.stack([image for image, _, _ in scenes])
+    config = CRFConfig(iterations=2)
+
+    out = refine_batch({"image": images, "probs": probs}, config, argmax=True)
+
+    assert out["probs"].dtype == np.uint8
+    assert out["probs"].shape == (2, SIZE, SIZE)
+    expected = refine_probabilities(images[0], probs[0], config).argmax(axis=0)
+    np.testing.assert_array_equal(out["probs"][0], expected)
+    np.testing.assert_array_equal(out["crf_failed"], [False, True])
+    # The failed row passes through as the argmax of its input: 0 at the NaN, 1 elsewhere.
+    assert out["probs"][1, 0, 0] == 0
+    assert (out["probs"][1].ravel()[1:] == 1).all()
+
+
 def test_refine_batch_survives_pydensecrf_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken_crf(*args: object) -> None:
         raise MemoryError("lattice too large")
@@ -208,6 +228,11 @@ def test_ray_stage_reports_corrupt_rows_and_finishes(ray_cluster: None) -> None:
         if not row["crf_failed"]:
             assert row["crf_error"] == ""
             assert miou(row["probs"].argmax(axis=0), row["truth"]) > 0.97
+
+    as_labels = refine_dataset(ray.data.from_items(rows[:2]), CRFConfig(), argmax=True)
+    labels = sorted(as_labels.take_all(), key=lambda row: row["id"])
+    for row, marginals in zip(labels, results, strict=False):
+        np.testing.assert_array_equal(row["probs"], marginals["probs"].argmax(axis=0))
 
 
 @pytest.mark.ray

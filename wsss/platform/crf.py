@@ -4,7 +4,7 @@ Both refinements use the fully connected CRF of Krähenbühl & Koltun with a Gau
 (smoothness) and a bilateral (appearance) pairwise term whose parameters come from `CRFConfig`:
 
 - `refine_probabilities`: unary = -log(probabilities), as PSA's `crf_inference`; returns the
-  mean-field marginals Q. Step 1 uses it on CAM-derived class scores.
+  mean-field marginals Q (or, with `argmax=True` in the batch/dataset functions, argmax Q).
 - `refine_labels`: unary from a hard label map trusted with probability `gt_prob`, as IRNet's
   `crf_inference_label`; returns argmax Q.
 
@@ -144,6 +144,7 @@ def refine_batch(
     image_column: str = "image",
     input_column: str | None = None,
     output_column: str | None = None,
+    argmax: bool = False,
 ) -> dict[str, Any]:
     """Refine every row of a NumPy batch; the `map_batches` function of `refine_dataset`.
 
@@ -158,12 +159,15 @@ def refine_batch(
         image_column: column of images.
         input_column: column to refine; default "probs" or "labels" by mode.
         output_column: column for the result; default `input_column` (refined in place).
+        argmax: in mode "probabilities", return argmax Q as labels (uint8 up to 256 labels)
+            instead of the float32 marginals, which are 4*C times larger.
 
     Returns:
-        The batch with `output_column` set (float32 [C, H, W] marginals or [H, W] labels in the
-        input's dtype; failed rows keep their input, probabilities cast to float32 so the
-        column's dtype stays uniform), plus `crf_failed` (bool [B]) and `crf_error` (str [B],
-        "" where the row was refined).
+        The batch with `output_column` set (float32 [C, H, W] marginals, or [H, W] labels: in
+        the input's dtype in mode "labels", the smallest unsigned dtype for C labels with
+        `argmax`), plus `crf_failed` (bool [B]) and `crf_error` (str [B], "" where the row was
+        refined). Failed rows keep their input, converted like a refined row (probabilities to
+        float32, or to their argmax) so the column's dtype stays uniform.
     """
     _check_mode(mode, n_labels)
     input_column = input_column or DEFAULT_INPUT_COLUMNS[mode]
@@ -180,11 +184,12 @@ def refine_batch(
         try:
             if mode == "probabilities":
                 refined = refine_probabilities(images[index], inputs[index], config)
+                refined = _as_labels(refined) if argmax else refined
             else:
                 refined = refine_labels(images[index], inputs[index], n_labels, config)
             errors.append("")
         except Exception as exc:  # one unrefinable image must not stop the whole dataset
-            refined = _unrefined(inputs[index], mode)
+            refined = _unrefined(inputs[index], mode, argmax)
             errors.append(f"{type(exc).__name__}: {exc}")
             row = f"id {row_ids[index]}" if row_ids is not None else f"batch row {index}"
             logger.warning("dense CRF failed for %s, passed through unrefined: %s", row, errors[-1])
@@ -205,11 +210,16 @@ def _check_mode(mode: RefineMode, n_labels: int | None) -> None:
         raise ValueError('mode "labels" needs n_labels')
 
 
-def _unrefined(value: Any, mode: RefineMode) -> np.ndarray:
+def _unrefined(value: Any, mode: RefineMode, argmax: bool) -> np.ndarray:
     value = np.asarray(value)
     if mode == "probabilities" and np.issubdtype(value.dtype, np.floating):
-        return value.astype(np.float32)
+        return _as_labels(value) if argmax and value.ndim == 3 else value.astype(np.float32)
     return value
+
+
+def _as_labels(marginals: np.ndarray) -> np.ndarray:
+    """argmax over the first axis of [C, H, W], in the smallest unsigned dtype for C labels."""
+    return marginals.argmax(axis=0).astype(np.min_scalar_type(len(marginals) - 1))
 
 
 def _as_column(values: list[np.ndarray]) -> np.ndarray:
@@ -230,6 +240,7 @@ def refine_dataset(
     image_column: str = "image",
     input_column: str | None = None,
     output_column: str | None = None,
+    argmax: bool = False,
     batch_size: int = 8,
     num_cpus: float = 1.0,
     concurrency: int | None = None,
@@ -238,10 +249,11 @@ def refine_dataset(
 
     Rows and columns are those of `refine_batch`. Each task refines `batch_size` rows on
     `num_cpus` CPUs (pydensecrf is single-threaded: 1 is right unless memory is the limit), with
-    at most `concurrency` tasks at a time (default: as many as the CPUs allow). Each task costs
-    Ray Data a fixed overhead on top of the CRF (measured: about 0.9 s for 16 rows of 320x320,
-    21-class float32 marginals, mostly moving them through the object store), so tasks should
-    run for seconds: a row takes about 0.4 s at that size, the default 8 rows about 3 s.
+    at most `concurrency` tasks at a time (default: as many as the CPUs allow). Tasks should run
+    for seconds (a 320x320 row takes about 0.4 s, the default 8 rows about 3 s). Moving float32
+    marginals through the object store is what Ray adds to the CRF's own time (measured on one
+    CPU, 320x320 rows, 21 labels: 5-8% slower than a plain loop with marginals, no slower with
+    `argmax`), so ask for the marginals only where they are used.
     """
     _check_mode(mode, n_labels)
     return dataset.map_batches(
@@ -258,5 +270,6 @@ def refine_dataset(
             "image_column": image_column,
             "input_column": input_column,
             "output_column": output_column,
+            "argmax": argmax,
         },
     )
