@@ -251,9 +251,9 @@ def refine_dataset(
     `num_cpus` CPUs (pydensecrf is single-threaded: 1 is right unless memory is the limit), with
     at most `concurrency` tasks at a time (default: as many as the CPUs allow). Tasks should run
     for seconds (a 320x320 row takes about 0.4 s, the default 8 rows about 3 s). Moving float32
-    marginals through the object store is what Ray adds to the CRF's own time (measured on one
-    CPU, 320x320 rows, 21 labels: 5-8% slower than a plain loop with marginals, no slower with
-    `argmax`), so ask for the marginals only where they are used.
+    marginals through the object store is most of what Ray adds to the CRF's own time (measured
+    by bench/crf.py on one CPU, 320x320 rows, 21 labels: 11% slower than a plain loop with
+    marginals, 4-5% with `argmax`), so ask for the marginals only where they are used.
     """
     _check_mode(mode, n_labels)
     return dataset.map_batches(
