@@ -1,4 +1,5 @@
-"""The shared Ray Train loop: learning, resuming after a killed worker."""
+"""The shared Ray Train loop: learning, dealing data to workers, reproducible runs, resuming
+after a killed worker."""
 
 import functools
 import os
@@ -13,8 +14,9 @@ import torch
 from torch import nn
 
 from wsss.platform.config import RayConfig
-from wsss.platform.training import TrainTask, fit
+from wsss.platform.training import EpochData, TrainTask, fit
 
+ROWS = 128
 STEPS_PER_EPOCH = 4  # 128 rows / (16 per batch * 2 workers)
 
 # Ray workers cannot import this test module: ship its functions by value.
@@ -58,19 +60,22 @@ def _summary(outputs: dict[str, np.ndarray]) -> dict:
     return {"neg_mse": -float(outputs["error"].mean()), "count": len(outputs["error"])}
 
 
-def _data() -> ray.data.Dataset:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(128, 3)).astype(np.float32)
-    y = x @ np.array([1.0, -2.0, 0.5], np.float32)
-    return ray.data.from_items([{"x": a, "y": b} for a, b in zip(x, y, strict=True)])
+def _from_items(items: list[dict], seed: int) -> ray.data.Dataset:
+    return ray.data.from_items(items)
 
 
 def _task(loss, epochs: int) -> TrainTask:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(ROWS, 3)).astype(np.float32)
+    y = x @ np.array([1.0, -2.0, 0.5], np.float32)
+    rows = [{"x": a, "y": b} for a, b in zip(x, y, strict=True)]
     return TrainTask(
         name="toy",
         build_model=_linear,
         param_groups=_groups,
         batch_loss=loss,
+        train_data=EpochData(rows, _from_items, seed=0),
+        val_data=EpochData(rows, _from_items, seed=0, shuffle=False),
         epochs=epochs,
         batch_size=16,
         steps_per_epoch=STEPS_PER_EPOCH,
@@ -80,13 +85,29 @@ def _task(loss, epochs: int) -> TrainTask:
     )
 
 
+def test_epoch_data_deals_equal_disjoint_shares_reshuffled_each_epoch() -> None:
+    data = EpochData(list("abcde"), _from_items, seed=3)
+    first = [data.worker_items(0, rank, 2) for rank in range(2)]
+    assert [len(share) for share in first] == [2, 2]  # the fifth item waits: equal DDP steps
+    assert len(set(first[0] + first[1])) == 4
+    assert first == [data.worker_items(0, rank, 2) for rank in range(2)]
+    order = np.random.default_rng([3, 0]).permutation(5)
+    assert first[0] == [data.items[order[0]], data.items[order[2]]]
+    assert [data.worker_items(1, rank, 2) for rank in range(2)] != first
+
+
+def test_epoch_data_without_shuffle_deals_every_item_in_order() -> None:
+    data = EpochData(list("abcde"), _from_items, seed=3, shuffle=False)
+    assert data.worker_items(0, 0, 2) == ["a", "c", "e"]
+    assert data.worker_items(7, 1, 2) == ["b", "d"]
+
+
 def test_training_lowers_the_loss_and_evaluates_every_val_row(ray_cluster, tmp_path: Path):
-    data = _data()
-    output = fit(_task(_mse, 4), {"train": data, "val": data}, RayConfig(), tmp_path, "toy")
+    output = fit(_task(_mse, 4), RayConfig(), tmp_path, "toy")
     losses = [row["loss"] for row in output.history]
     assert [row["epoch"] for row in output.history] == [1, 2, 3, 4]
     assert losses[-1] < 0.5 * losses[0]
-    assert all(row["count"] == 128 for row in output.history)  # both workers' shards gathered
+    assert all(row["count"] == ROWS for row in output.history)  # both workers' shares gathered
     assert output.metrics["neg_mse"] == max(row["neg_mse"] for row in output.history)
     model = _linear()
     model.load_state_dict(output.model_state)  # the best epoch's weights, loadable as is
@@ -95,12 +116,16 @@ def test_training_lowers_the_loss_and_evaluates_every_val_row(ray_cluster, tmp_p
 def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_path: Path):
     folder = tmp_path / "counts"
     folder.mkdir()
-    data = _data()
     loss = functools.partial(_mse_dying_once, folder=str(folder))
-    output = fit(_task(loss, 3), {"train": data, "val": data}, RayConfig(), tmp_path, "dying")
+    output = fit(_task(loss, 3), RayConfig(), tmp_path, "dying")
     assert (folder / "died").exists()
     assert [row["epoch"] for row in output.history] == [1, 2, 3]
     batches = sum(int(p.read_text()) for p in folder.glob("batches-*"))
     # 8 worker-batches an epoch. Resumed after epoch 1: 8 + (part of epoch 2) + 16, at most 32.
     # Started again from scratch it would be 8 + (part of epoch 2) + 24, at least 35.
     assert 24 < batches <= 32
+    # And it ends with the model an uninterrupted run trains, to the last bit.
+    uninterrupted = fit(_task(_mse, 3), RayConfig(), tmp_path, "uninterrupted")
+    for name, weights in uninterrupted.model_state.items():
+        assert torch.equal(output.model_state[name], weights), name
+    assert output.history[-1]["loss"] == uninterrupted.history[-1]["loss"]

@@ -1,25 +1,34 @@
 """One Ray Train loop for all three steps.
 
 The steps differ only in what a `TrainTask` names: the model, its parameter groups and
-optimizer, the loss of a batch, and (optionally) how a validation batch is scored and how the
-scores become metrics. Everything else is shared: DDP through `ray.train.torch.prepare_model`,
-data from the Ray Dataset shards, the poly schedule, a checkpoint every epoch holding the whole
+optimizer, the loss of a batch, its data, and (optionally) how a validation batch is scored and
+how the scores become metrics. Everything else is shared: DDP through
+`ray.train.torch.prepare_model`, the poly schedule, a checkpoint every epoch holding the whole
 training state plus the best model so far, resumption from the latest checkpoint after a lost
 worker (`FailureConfig`) or a restarted driver (same run name and storage path), and per-epoch
 progress lines. The function runs unchanged on one CPU or many GPUs.
+
+Training is reproducible: each worker builds its own Ray Dataset every epoch from an
+`EpochData`, whose items are shuffled and dealt to workers, and whose augmentation is seeded,
+from (seed, epoch) alone; batches keep their order and torch's generator is seeded per epoch.
+So a run gives the same model every time, and a run resumed from a checkpoint gives the model
+the uninterrupted run would have (on the same hardware and number of workers).
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import ray.data
 import ray.train
 import ray.train.torch
 import torch
@@ -34,6 +43,39 @@ EvalBatch = Callable[[nn.Module, dict[str, torch.Tensor]], dict[str, np.ndarray]
 EvalSummary = Callable[[dict[str, np.ndarray]], dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class EpochData:
+    """Items (manifest rows, or any picklable rows) and how a worker turns its share into a
+    Ray Dataset: `build(items, seed)`, where `seed` seeds the augmentation.
+
+    With `shuffle`, every epoch shuffles the items with a generator seeded by (seed, epoch) and
+    deals each worker the same number (the remainder waits for another epoch: DDP needs
+    every worker in every step); without it, workers take every item in order, dealt round
+    the table (for evaluation).
+    """
+
+    items: Sequence[Any]
+    build: Callable[[list[Any], int], ray.data.Dataset]
+    seed: int
+    shuffle: bool = True
+
+    def worker_items(self, epoch: int, rank: int, world_size: int) -> list[Any]:
+        """The items worker `rank` of `world_size` reads in `epoch` (0-based)."""
+        order = np.arange(len(self.items))
+        if self.shuffle:
+            order = self._generator(epoch).permutation(order)
+            order = order[: len(order) - len(order) % world_size]
+        return [self.items[i] for i in order[rank::world_size]]
+
+    def worker_dataset(self, epoch: int, rank: int, world_size: int) -> ray.data.Dataset:
+        """The Ray Dataset of `worker_items`, augmented with a seed drawn from (seed, epoch)."""
+        augmentation_seed = int(self._generator(epoch).integers(2**31, size=2)[1])
+        return self.build(self.worker_items(epoch, rank, world_size), augmentation_seed)
+
+    def _generator(self, epoch: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch])
+
+
 @dataclass
 class TrainTask:
     """What one step trains and how. Every callable must be picklable (module-level)."""
@@ -42,6 +84,7 @@ class TrainTask:
     build_model: Callable[[], nn.Module]
     param_groups: Callable[[nn.Module], list[dict[str, Any]]]
     batch_loss: BatchLoss
+    train_data: EpochData
     epochs: int
     batch_size: int
     steps_per_epoch: int
@@ -49,6 +92,7 @@ class TrainTask:
     momentum: float = 0.9
     weight_decay: float = 0.0
     poly_power: float | None = 0.9
+    val_data: EpochData | None = None
     eval_batch: EvalBatch | None = None
     eval_summary: EvalSummary | None = None
     select_metric: str | None = None
@@ -91,16 +135,43 @@ def _gather(outputs: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
     }
 
 
-def _evaluate(task: TrainTask, model: nn.Module) -> tuple[dict[str, float], dict[str, Any]]:
-    if task.eval_batch is None or task.eval_summary is None:
+def _batches(task: TrainTask, data: EpochData, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+    """This worker's non-empty batches of `data` in `epoch`, in a fixed order."""
+    context = ray.train.get_context()
+    dataset = data.worker_dataset(epoch, context.get_world_rank(), context.get_world_size())
+    batches = dataset.iter_torch_batches(
+        batch_size=task.batch_size,
+        dtypes=task.batch_dtypes or None,
+        device=ray.train.torch.get_device(),
+    )
+    return (batch for batch in batches if len(next(iter(batch.values()))) > 0)
+
+
+def _in_lockstep(batches: Iterator[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
+    """`batches` until any worker has run out. DDP needs every worker in every step, and one
+    worker can hold a batch fewer when an unreadable image was dropped from its share."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        yield from batches
+        return
+    for batch in itertools.chain(batches, [None]):
+        has_batch = torch.tensor(
+            [int(batch is not None)], dtype=torch.int32, device=ray.train.torch.get_device()
+        )
+        torch.distributed.all_reduce(has_batch, op=torch.distributed.ReduceOp.MIN)
+        if not has_batch.item():
+            return
+        yield batch
+
+
+def _evaluate(
+    task: TrainTask, model: nn.Module, epoch: int
+) -> tuple[dict[str, float], dict[str, Any]]:
+    if task.val_data is None or task.eval_batch is None or task.eval_summary is None:
         return {}, {}
     model.eval()
     outputs: dict[str, list[np.ndarray]] = {}
-    shard = ray.train.get_dataset_shard("val")
     with torch.no_grad():
-        for batch in shard.iter_torch_batches(
-            batch_size=task.batch_size, dtypes=task.batch_dtypes or None
-        ):
+        for batch in _batches(task, task.val_data, epoch):
             for key, value in task.eval_batch(model, batch).items():
                 outputs.setdefault(key, []).append(value)
     summary = task.eval_summary(_gather(outputs))
@@ -113,8 +184,12 @@ def _evaluate(task: TrainTask, model: nn.Module) -> tuple[dict[str, float], dict
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The per-worker training function handed to `TorchTrainer` (config: {"task": TrainTask})."""
     task: TrainTask = config["task"]
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
+    rank = ray.train.get_context().get_world_rank()
+    data_context = ray.data.DataContext.get_current()
+    data_context.execution_options.preserve_order = True  # batches in the same order every run
+    data_context.enable_progress_bars = False  # the epoch lines report progress
+    data_context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no line per dataset per epoch
     torch.manual_seed(task.seed)
     model = task.build_model()
     optimizer = _optimizer(task, model)
@@ -149,17 +224,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             print(f"[{task.name}] resuming after epoch {start_epoch} from {checkpoint.path}")
     model = ray.train.torch.prepare_model(model)
-    train_shard = ray.train.get_dataset_shard("train")
 
     for epoch in range(start_epoch, task.epochs):
         started = time.perf_counter()
+        # Seeded by epoch, not carried over: a run resumed at this epoch draws the same numbers.
+        torch.manual_seed(task.seed * 1_000_003 + epoch)
         model.train()
         losses = []
-        for batch in train_shard.iter_torch_batches(
-            batch_size=task.batch_size, dtypes=task.batch_dtypes or None, drop_last=False
-        ):
-            if len(next(iter(batch.values()))) == 0:
-                continue  # an even split across workers can hand one an empty batch
+        for batch in _in_lockstep(_batches(task, task.train_data, epoch)):
             loss = task.batch_loss(model, batch)
             optimizer.zero_grad()
             loss.backward()
@@ -171,7 +243,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "epoch": epoch + 1,
             "loss": float(np.mean(losses)) if losses else math.nan,
         }
-        eval_metrics, extras = _evaluate(task, model)
+        eval_metrics, extras = _evaluate(task, model, epoch)
         metrics.update(eval_metrics)
         metrics["epoch_s"] = time.perf_counter() - started
         history.append(metrics)
@@ -213,7 +285,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 def fit(
     task: TrainTask,
-    datasets: dict[str, ray.data.Dataset],
     ray_config: RayConfig,
     storage: Path,
     run_name: str,
@@ -222,8 +293,7 @@ def fit(
     """Train `task` with a `TorchTrainer` over `ray_config.num_workers` workers.
 
     Checkpoints go to `storage/run_name`; starting again with the same arguments resumes from
-    the latest one. `datasets` holds "train" and, if the task evaluates, "val" (both split
-    across workers).
+    the latest one.
     """
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker,
@@ -239,7 +309,6 @@ def fit(
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
-        datasets=datasets,
     )
     result = trainer.fit()
     if result.checkpoint is None:

@@ -2,8 +2,9 @@
 
 Only the row metadata (ids, paths, labels) passes through the driver; images are decoded and
 augmented inside Ray Data map tasks, block by block, so memory does not grow with the data set.
-Train workers read their shard with `ray.train.get_dataset_shard(name).iter_torch_batches()`;
-batch inference maps the same dataset through an actor pool.
+Each Train worker builds its share of the data every epoch (`training_dataset`, through
+`wsss.platform.training.EpochData`) and reads it with `iter_torch_batches()`; batch inference
+maps the same kind of dataset through an actor pool.
 
 A row whose image or mask cannot be read is logged with the file and the reason and dropped;
 the rest of the data set goes on.
@@ -156,6 +157,41 @@ def decoded_dataset(
         batch_format="numpy",
         num_cpus=num_cpus,
     )
+
+
+def training_dataset(
+    rows: Sequence[ManifestRow],
+    seed: int,
+    *,
+    root: str,
+    class_names: Sequence[str],
+    size: int,
+    augmentation: Augmentation,
+    augmentation_config: AugmentationConfig | None,
+    columns: Sequence[str],
+    with_masks: bool = False,
+    rescales: Sequence[float] = (1.0,),
+    crop: bool = False,
+) -> ray.data.Dataset:
+    """`decoded_dataset` of `rows` at each of `rescales` in turn, keeping `columns`: how every
+    step's train and val rows become a worker's data (`EpochData.build`)."""
+    per_scale = [
+        decoded_dataset(
+            rows,
+            Path(root),
+            class_names,
+            size,
+            augmentation,
+            augmentation_config,
+            with_masks=with_masks,
+            # Each scale draws its own augmentation of an image, not the same flip twice.
+            seed=seed + index,
+            rescale=rescale,
+            crop=crop,
+        ).select_columns(list(columns))
+        for index, rescale in enumerate(rescales)
+    ]
+    return per_scale[0].union(*per_scale[1:]) if len(per_scale) > 1 else per_scale[0]
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from wsss.platform.config import ClassificationConfig, WsssConfig
 from wsss.platform.crf import refine_labels
 from wsss.platform.data.balance import balance, binary_task_rows, remove_classes
-from wsss.platform.data.pipeline import decoded_dataset, rows_dataset, to_model_input
+from wsss.platform.data.pipeline import rows_dataset, to_model_input, training_dataset
 from wsss.platform.datasets.images import read_mask, read_rgb, write_palette_png
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
 from wsss.platform.metrics import ConfusionMatrix
 from wsss.platform.steps import total_confusions
-from wsss.platform.training import TrainOutput, TrainTask, fit
+from wsss.platform.training import EpochData, TrainOutput, TrainTask, fit
 from wsss.stages.classification.backbones import create_classifier
 from wsss.stages.classification.cam import (
     cam_to_mask,
@@ -115,16 +115,21 @@ def train_classifier(
     else:
         names = [binary_class]
     spec = ClassifierSpec(step1.backbone, tuple(info.classes.index(n) for n in names))
-    datasets = {
-        split: decoded_dataset(
+    data = {
+        split: EpochData(
             _target_rows(split_rows, names, binary_class),
-            info.root,
-            names,
-            config.data.image_size,
-            "strong" if split == "train" else "weak",
-            config.data.augmentation,
-            seed=None if split == "train" else config.seed,
-        ).select_columns(["image", "target"])
+            functools.partial(
+                training_dataset,
+                root=str(info.root),
+                class_names=names,
+                size=config.data.image_size,
+                augmentation="strong" if split == "train" else "weak",
+                augmentation_config=config.data.augmentation,
+                columns=["image", "target"],
+            ),
+            config.seed,
+            shuffle=split == "train",
+        )
         for split, split_rows in (("train", train_rows), ("val", val_rows))
     }
     task = TrainTask(
@@ -134,6 +139,8 @@ def train_classifier(
             _param_groups, lr_pretrained=step1.lr_pretrained, lr_new=step1.lr_new
         ),
         batch_loss=_bce_loss,
+        train_data=data["train"],
+        val_data=data["val"],
         epochs=step1.epochs,
         batch_size=step1.batch_size,
         steps_per_epoch=math.ceil(len(train_rows) / (step1.batch_size * config.ray.num_workers)),
@@ -145,7 +152,7 @@ def train_classifier(
         seed=config.seed,
     )
     run_name = "classifier" if binary_class is None else f"binary_{binary_class}"
-    output = fit(task, datasets, config.ray, step_dir / "train", run_name)
+    output = fit(task, config.ray, step_dir / "train", run_name)
     torch.save(
         {
             "model": output.model_state,

@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from wsss.platform.config import IRNetConfig, WsssConfig
-from wsss.platform.data.pipeline import decoded_dataset, rows_dataset, to_model_input
+from wsss.platform.data.pipeline import rows_dataset, to_model_input, training_dataset
 from wsss.platform.datasets.images import read_mask, read_rgb, write_palette_png
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
 from wsss.platform.metrics import ConfusionMatrix
 from wsss.platform.steps import total_confusions
 from wsss.platform.steps.classification import CLASSIFIER_FILE
-from wsss.platform.training import TrainTask, fit
+from wsss.platform.training import EpochData, TrainTask, fit
 from wsss.stages.irnet.affinity_labels import affinity_labels
 from wsss.stages.irnet.losses import irnet_loss
 from wsss.stages.irnet.model import IRNet, infer_boundary
@@ -105,21 +105,22 @@ def train_irnet(
             f"step 2 has no training image: no train image's classifier confidence exceeds "
             f"step2.min_confidence={step2.min_confidence} (train step 1 longer or lower it)"
         )
-    per_scale = [
-        decoded_dataset(
-            train_rows,
-            info.root,
-            info.object_classes,
-            step2.crop_size,
-            "strong",
-            config.data.augmentation,
+    train_data = EpochData(
+        train_rows,
+        functools.partial(
+            training_dataset,
+            root=str(info.root),
+            class_names=info.object_classes,
+            size=step2.crop_size,
+            augmentation="strong",
+            augmentation_config=config.data.augmentation,
+            columns=["image", "mask"],
             with_masks=True,
-            rescale=scale,
+            rescales=step2.scales,
             crop=True,
-        ).select_columns(["image", "mask"])
-        for scale in step2.scales
-    ]
-    train = per_scale[0].union(*per_scale[1:]) if len(per_scale) > 1 else per_scale[0]
+        ),
+        config.seed,
+    )
     images = len(train_rows) * len(step2.scales)
     task = TrainTask(
         name="step2",
@@ -134,6 +135,7 @@ def train_irnet(
             _param_groups, lr_boundary=step2.lr_boundary, lr_displacement=step2.lr_displacement
         ),
         batch_loss=functools.partial(_irnet_loss, radius=step2.radius_train),
+        train_data=train_data,
         epochs=step2.epochs,
         batch_size=step2.batch_size,
         steps_per_epoch=math.ceil(images / (step2.batch_size * config.ray.num_workers)),
@@ -142,7 +144,7 @@ def train_irnet(
         weight_decay=step2.weight_decay,
         seed=config.seed,
     )
-    output = fit(task, {"train": train}, config.ray, step_dir / "train", "irnet")
+    output = fit(task, config.ray, step_dir / "train", "irnet")
     torch.save(
         {
             "model": output.model_state,

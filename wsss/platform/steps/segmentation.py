@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from wsss.platform.config import TTAConfig, WsssConfig
-from wsss.platform.data.pipeline import decoded_dataset, rows_dataset, to_model_input
+from wsss.platform.data.pipeline import rows_dataset, to_model_input, training_dataset
 from wsss.platform.datasets.images import (
     IGNORE_INDEX,
     ImageError,
@@ -32,7 +32,7 @@ from wsss.platform.datasets.images import (
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
 from wsss.platform.metrics import ConfusionMatrix
 from wsss.platform.steps import total_confusions
-from wsss.platform.training import TrainTask, fit
+from wsss.platform.training import EpochData, TrainTask, fit
 from wsss.stages.segmentation.model import create_segmentation_model, load_classifier_encoder
 from wsss.stages.segmentation.render import overlay, side_by_side
 from wsss.stages.segmentation.tta import predict_labels
@@ -102,17 +102,22 @@ def train_segmenter(
         if r.split == "train" and (pseudo_mask_dir / f"{r.id}.png").is_file()
     ]
     val_rows = [r for r in rows if r.split == "val" and r.mask is not None]
-    datasets = {
-        split: decoded_dataset(
+    data = {
+        split: EpochData(
             split_rows,
-            info.root,
-            info.object_classes,
-            config.data.image_size,
-            "strong" if split == "train" else "weak",
-            config.data.augmentation,
-            with_masks=True,
-            seed=None if split == "train" else config.seed,
-        ).select_columns(["image", "mask"])
+            functools.partial(
+                training_dataset,
+                root=str(info.root),
+                class_names=info.object_classes,
+                size=config.data.image_size,
+                augmentation="strong" if split == "train" else "weak",
+                augmentation_config=config.data.augmentation,
+                columns=["image", "mask"],
+                with_masks=True,
+            ),
+            config.seed,
+            shuffle=split == "train",
+        )
         for split, split_rows in (("train", train_rows), ("val", val_rows))
     }
     task = TrainTask(
@@ -127,6 +132,8 @@ def train_segmenter(
         ),
         param_groups=functools.partial(_param_groups, lr=step3.lr),
         batch_loss=_cross_entropy,
+        train_data=data["train"],
+        val_data=data["val"],
         epochs=step3.epochs,
         batch_size=step3.batch_size,
         steps_per_epoch=math.ceil(len(train_rows) / (step3.batch_size * config.ray.num_workers)),
@@ -138,7 +145,7 @@ def train_segmenter(
         select_metric="val_miou",
         seed=config.seed,
     )
-    output = fit(task, datasets, config.ray, step_dir / "train", "segmenter")
+    output = fit(task, config.ray, step_dir / "train", "segmenter")
     torch.save(
         {
             "model": output.model_state,
