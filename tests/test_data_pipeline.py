@@ -1,13 +1,23 @@
 """The Ray Data input pipeline on a real local cluster: decoding, targets, bad rows."""
 
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+import ray.data
 import torch
 from PIL import Image
 
 from wsss.platform.config import AugmentationConfig
-from wsss.platform.data.pipeline import decode_batch, decoded_dataset, multi_hot, to_model_input
+from wsss.platform.data.pipeline import (
+    SchedulingLoopPacer,
+    decode_batch,
+    decoded_dataset,
+    multi_hot,
+    pace_scheduling_loop,
+    to_model_input,
+)
 from wsss.platform.datasets.images import write_palette_png
 from wsss.platform.datasets.manifest import ManifestRow
 
@@ -81,3 +91,29 @@ def test_a_corrupt_image_mid_dataset_is_reported_and_the_rest_completes(
         out = decode_batch(batch, str(tmp_path), CLASSES, 32, "weak")
     assert len(out["id"]) == 0 and out["image"].shape == (0, 32, 32, 3)
     assert "skipping img005" in caplog.text and "img005.jpg" in caplog.text
+
+
+def test_scheduling_loop_pacer_spaces_consecutive_steps():
+    pacer = SchedulingLoopPacer()
+    started = time.perf_counter()
+    for _ in range(6):
+        pacer.on_execution_step(None)
+    # The first step has nothing to follow; each of the next five waits out the minimum.
+    assert time.perf_counter() - started >= 5 * SchedulingLoopPacer.min_step_s
+
+
+def test_a_paced_context_runs_the_pacer_once_per_scheduling_step(
+    ray_cluster, monkeypatch: pytest.MonkeyPatch
+):
+    steps: list[int] = []
+    monkeypatch.setattr(
+        SchedulingLoopPacer, "on_execution_step", lambda self, executor: steps.append(1)
+    )
+    context = ray.data.DataContext.get_current()
+    monkeypatch.setattr(context, "custom_execution_callback_classes", [])
+    pace_scheduling_loop(context)
+    pace_scheduling_loop(context)
+    assert context.custom_execution_callback_classes == [SchedulingLoopPacer]
+    rows = ray.data.range(8, override_num_blocks=4).map_batches(lambda batch: batch).take_all()
+    assert sorted(row["id"] for row in rows) == list(range(8))
+    assert steps

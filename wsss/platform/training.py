@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from wsss.platform.config import RayConfig
+from wsss.platform.data.pipeline import pace_scheduling_loop
 
 STATE_FILE = "state.pt"
 
@@ -189,6 +190,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     data_context.execution_options.preserve_order = True  # batches in the same order every run
     data_context.enable_progress_bars = False  # the epoch lines report progress
     data_context.print_on_execution_start = False
+    pace_scheduling_loop(data_context)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no line per dataset per epoch
     torch.manual_seed(task.seed)
     model = task.build_model()
