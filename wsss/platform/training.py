@@ -310,6 +310,9 @@ def fit(
             storage_path=str(Path(storage).resolve()),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # Ray Train's INFO lines (a "Reporting training result" per worker per epoch) would
+            # bury the epoch lines; warnings and errors still show.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
     result = trainer.fit()
