@@ -102,7 +102,7 @@ def test_scheduling_loop_pacer_spaces_consecutive_steps():
     assert time.perf_counter() - started >= 5 * SchedulingLoopPacer.min_step_s
 
 
-def test_a_paced_context_runs_the_pacer_once_per_scheduling_step(
+def test_datasets_made_under_a_paced_context_call_the_pacer(
     ray_cluster, monkeypatch: pytest.MonkeyPatch
 ):
     steps: list[int] = []
