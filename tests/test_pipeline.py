@@ -148,6 +148,25 @@ def test_a_changed_step3_setting_reuses_steps_1_and_2(smoke_run, smoke_config, c
     assert Path(runs_dir / "smoke-tta" / REPORT_FILE).is_file()
 
 
+def test_a_new_irnet_threshold_redraws_the_pseudo_masks_with_the_trained_irnet(
+    smoke_run, smoke_config, capsys
+):
+    runs_dir, first = smoke_run
+    changed = smoke_config.model_copy(deep=True)
+    changed.step2.sem_seg_bg_thres = 0.7  # smoke: IRNet's 0.3
+    changed.name = "smoke-threshold"
+    capsys.readouterr()
+    report = run_pipeline(changed, runs_dir)
+    out = capsys.readouterr().out
+    assert "[step1] reusing" in out and "[irnet] reusing" in out
+    assert "[step2] starting" in out and "[step3] starting" in out  # new masks, new segmenter
+    model = (runs_dir / "smoke-threshold" / "step2" / "irnet.pt").resolve()
+    assert model == (runs_dir / "smoke" / "step2" / "irnet.pt").resolve()
+    before = json.loads(json.dumps(first["steps"]))
+    assert report["steps"]["irnet"] != before["irnet"]
+    assert report["steps"]["cam"] == before["cam"]
+
+
 def test_predict_writes_a_mask_and_an_overlay_per_readable_image(smoke_run, smoke_config, tmp_path):
     runs_dir, _ = smoke_run
     dataset = next((runs_dir / "datasets").iterdir())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -189,6 +189,11 @@ class IRNetConfig(StrictModel):
     beta: float = Field(10.0, gt=0)
     exp_times: int = Field(8, ge=1, le=12)
     sem_seg_bg_thres: float = Field(0.3, gt=0.0, lt=1.0)
+
+    # Read only when the trained IRNet writes pseudo masks: a change reuses the trained model.
+    inference_fields: ClassVar[frozenset[str]] = frozenset(
+        {"radius_infer", "beta", "exp_times", "sem_seg_bg_thres"}
+    )
 
     @field_validator("scales")
     @classmethod

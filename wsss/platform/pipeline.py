@@ -4,8 +4,11 @@ Each step's output is a folder under `runs/cache/`, named by a hash of the confi
 and the keys of its inputs. A step works in `<folder>.partial/` and renames it when complete,
 so a finished step is reused by any later run with the same settings (Tune trials included),
 and a run killed mid-step starts that step again from its `.partial` folder — a training
-step from its last Ray Train checkpoint there. The run folder (`runs/<name>/`) holds the
-resolved config, links to the step folders it used, and `report.json`; MLflow holds the same.
+step from its last Ray Train checkpoint there. Step 2 keeps IRNet's training in a folder of
+its own (`irnet-<key>`, linked as `irnet.pt` from the step's folder) whose key leaves out the
+settings only inference reads, so a new IRNet threshold or walk setting redraws the pseudo
+masks with the trained model. The run folder (`runs/<name>/`) holds the resolved config,
+links to the step folders it used, and `report.json`; MLflow holds the same.
 """
 
 from __future__ import annotations
@@ -121,6 +124,37 @@ def _step1(config: WsssConfig, info: DatasetInfo, rows: list[ManifestRow], folde
     }
 
 
+def _step2(
+    config: WsssConfig,
+    info: DatasetInfo,
+    rows: list[ManifestRow],
+    step1: tuple[Path, dict],
+    folder: Path,
+    cache: StepCache,
+    training_key: str,
+) -> dict:
+    """IRNet, trained unless the cache holds one with the same training settings (a new
+    threshold or walk setting only redraws the masks), then this config's pseudo masks."""
+    step1_folder, step1_summary = step1
+    trained_folder, trained = cache.run(
+        "irnet",
+        training_key,
+        lambda irnet_folder: irnet.train_step2(
+            config, info, rows, step1_folder, step1_summary, irnet_folder
+        ),
+    )
+    model_link = folder / irnet.IRNET_FILE
+    if not model_link.is_symlink():
+        # Relative, so it survives the rename of the .partial folder next to the IRNet folder.
+        model_link.symlink_to(Path("..") / trained_folder.name / irnet.IRNET_FILE)
+    metrics = irnet.make_pseudo_masks(config, info, rows, step1_folder / "cams", model_link, folder)
+    return {
+        "history": trained["history"],
+        "train_images": trained["train_images"],
+        "irnet": metrics,
+    }
+
+
 def _panels(
     info: DatasetInfo,
     rows: list[ManifestRow],
@@ -172,6 +206,8 @@ def run_pipeline(config: WsssConfig, runs_dir: Path) -> dict[str, Any]:
             "step1": config_key(data_key, config.seed, config.step1.model_dump(mode="json"))
         }
         step2_settings = config.step2.model_dump(mode="json")
+        irnet_training = config.step2.model_dump(mode="json", exclude=config.step2.inference_fields)
+        step_keys["irnet"] = config_key(step_keys["step1"], irnet_training)
         step_keys["step2"] = config_key(step_keys["step1"], step2_settings)
         step3_settings = config.step3.model_dump(mode="json", exclude={"tta"})
         step_keys["step3"] = config_key(step_keys["step2"], step3_settings)
@@ -180,8 +216,14 @@ def run_pipeline(config: WsssConfig, runs_dir: Path) -> dict[str, Any]:
         summaries: dict[str, dict] = {}
         builders = {
             "step1": lambda folder: _step1(config, info, rows, folder),
-            "step2": lambda folder: irnet.run_step2(
-                config, info, rows, folders["step1"], summaries["step1"], folder
+            "step2": lambda folder: _step2(
+                config,
+                info,
+                rows,
+                (folders["step1"], summaries["step1"]),
+                folder,
+                cache,
+                step_keys["irnet"],
             ),
             "step3": lambda folder: segmentation.train_segmenter(
                 config,

@@ -207,9 +207,15 @@ class PseudoMaskWriter:
 
 
 def make_pseudo_masks(
-    config: WsssConfig, info: DatasetInfo, rows: list[ManifestRow], cam_dir: Path, step_dir: Path
+    config: WsssConfig,
+    info: DatasetInfo,
+    rows: list[ManifestRow],
+    cam_dir: Path,
+    model_file: Path,
+    step_dir: Path,
 ) -> dict[str, Any]:
-    """Pseudo masks for every train and val image with CAMs; the val masks' metrics."""
+    """Pseudo masks for every train and val image with CAMs, from the IRNet in `model_file`;
+    the val masks' metrics."""
     out_dir = step_dir / PSEUDO_MASK_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = [
@@ -218,7 +224,7 @@ def make_pseudo_masks(
     confusions = rows_dataset(wanted).map_batches(
         PseudoMaskWriter,
         fn_constructor_kwargs={
-            "model_file": str(step_dir / IRNET_FILE),
+            "model_file": str(model_file),
             "root": str(info.root),
             "cam_dir": str(cam_dir),
             "out_dir": str(out_dir),
@@ -239,7 +245,7 @@ def confident_ids(top_scores: dict[str, float], min_confidence: float) -> list[s
     return [image_id for image_id, score in top_scores.items() if score > min_confidence]
 
 
-def run_step2(
+def train_step2(
     config: WsssConfig,
     info: DatasetInfo,
     rows: list[ManifestRow],
@@ -247,9 +253,13 @@ def run_step2(
     step1_summary: dict[str, Any],
     step_dir: Path,
 ) -> dict[str, Any]:
-    """Train IRNet and write the pseudo masks; returns history and the val metrics."""
+    """Train IRNet on the train images step 1 is confident about; returns history and count.
+
+    The model goes to `step_dir / IRNET_FILE`; `make_pseudo_masks` then applies it with the
+    inference settings, which training never reads.
+    """
     confident = confident_ids(step1_summary["train_top_scores"], config.step2.min_confidence)
-    trained = train_irnet(
+    return train_irnet(
         config,
         info,
         rows,
@@ -258,4 +268,3 @@ def run_step2(
         step1_dir / CLASSIFIER_FILE,
         step_dir,
     )
-    return {**trained, "irnet": make_pseudo_masks(config, info, rows, step1_dir / "cams", step_dir)}
