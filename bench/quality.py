@@ -60,13 +60,20 @@ def _config(preset: str, seed: int, name: str, overrides: list[str]) -> WsssConf
 def full_supervision(config: WsssConfig, runs_dir: Path) -> dict[str, float]:
     """The step-3 model trained on the train images' true masks: val and test mIoU without TTA
     (`val`, `test`) and with it (`val_tta`, `test_tta`). Reused when the same config trained
-    it before; step 1 of `config`'s weak run must be finished (its classifier may be read)."""
+    it before (its key leaves out step 2 and the TTA, which it never reads); step 1 of
+    `config`'s weak run must be finished (its classifier may be read)."""
     dataset_dir = prepare_dataset(config, runs_dir)
     info, rows = load_dataset(dataset_dir)
     oracle = dataset_dir / ORACLE_MASK_DIR
     if not oracle.is_dir():
         raise FileNotFoundError(f"{oracle}: full supervision needs the synthetic set's masks")
-    step_dir = runs_dir / "full" / f"{config.name}-{config_key(config.model_dump(mode='json'))}"
+    key = config_key(
+        config.seed,
+        config.data.model_dump(mode="json"),
+        config.step1.model_dump(mode="json"),
+        config.step3.model_dump(mode="json", exclude={"tta"}),
+    )
+    step_dir = runs_dir / "full" / f"{config.name}-{key}"
     if not (step_dir / segmentation.SEGMENTER_FILE).is_file():
         classifier = runs_dir / config.name / "step1" / classification.CLASSIFIER_FILE
         segmentation.train_segmenter(config, info, rows, oracle, classifier, step_dir)
