@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +39,9 @@ from wsss.platform.config import RayConfig
 from wsss.platform.data.pipeline import pace_scheduling_loop
 
 STATE_FILE = "state.pt"
+# Worker lines go through logging: Ray Train tees a worker's print() to its logger and to the
+# worker's wrapped stdout, which showed every line twice on the driver.
+logger = logging.getLogger(__name__)
 
 BatchLoss = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 EvalBatch = Callable[[nn.Module, dict[str, torch.Tensor]], dict[str, np.ndarray]]
@@ -182,6 +186,16 @@ def _evaluate(
     return metrics, extras
 
 
+def _quiet_ray_train_file_loggers() -> None:
+    """Warnings only from Ray Train's loggers named by file path (`getLogger(__file__)`), which
+    `LoggingConfig`'s level misses: they printed "Reporting training result" per worker per
+    epoch."""
+    marker = f"{os.sep}ray{os.sep}train{os.sep}"
+    for name in list(logging.root.manager.loggerDict):
+        if marker in name:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The per-worker training function handed to `TorchTrainer` (config: {"task": TrainTask})."""
     task: TrainTask = config["task"]
@@ -192,6 +206,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     data_context.print_on_execution_start = False
     pace_scheduling_loop(data_context)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no line per dataset per epoch
+    _quiet_ray_train_file_loggers()
     torch.manual_seed(task.seed)
     model = task.build_model()
     optimizer = _optimizer(task, model)
@@ -224,7 +239,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state["history"],
         )
         if rank == 0:
-            print(f"[{task.name}] resuming after epoch {start_epoch} from {checkpoint.path}")
+            logger.info(f"[{task.name}] resuming after epoch {start_epoch} from {checkpoint.path}")
     model = ray.train.torch.prepare_model(model)
 
     for epoch in range(start_epoch, task.epochs):
@@ -261,9 +276,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("epoch", "epoch_s")
             )
             took = metrics["epoch_s"]
-            print(
-                f"[{task.name}] epoch {epoch + 1}/{task.epochs} {shown} ({took:.1f}s)", flush=True
-            )
+            logger.info(f"[{task.name}] epoch {epoch + 1}/{task.epochs} {shown} ({took:.1f}s)")
         with tempfile.TemporaryDirectory() as folder:
             saved = None
             if rank == 0:
