@@ -24,7 +24,9 @@ step cache. Prints progress and a table, and as the last line one JSON object:
 `{"steps": {step: {"val": {"mean", "std"}, "test": ...}}, "full_miou", "weak_to_full",
 "cam_to_full", "seeds", "ablations": {row: {step: val mIoU}}}` (mIoU as fractions).
 
-Run: `python bench/quality.py [--preset demo] [--seeds 3] [--ablations all|none|NAME,...]`.
+Run: `python bench/quality.py [--preset demo] [--seeds 3] [--ablations all|none|NAME,...]
+[--set KEY=VALUE ...]`; each `--set` changes the preset for every run, weak and fully supervised
+(e.g. `--set step3.output_stride=8` compares both models at another output stride).
 """
 
 # wsss sets RAY_AUTH_MODE for the clusters it starts, and Ray reads that once, when imported.
@@ -36,7 +38,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from wsss.platform.config import WsssConfig, load_config
+from wsss.platform.config import ConfigError, WsssConfig, load_config
 from wsss.platform.datasets.manifest import load_dataset
 from wsss.platform.pipeline import STEP_NAMES, config_key, prepare_dataset, run_pipeline
 from wsss.platform.ray_cluster import ray_session
@@ -55,6 +57,21 @@ ORACLE_MASK_DIR = Path("oracle") / "SegmentationClass"
 
 def _config(preset: str, seed: int, name: str, overrides: list[str]) -> WsssConfig:
     return load_config(preset, None, [*overrides, f"seed={seed}", f"name={name}"])
+
+
+def planned_configs(
+    preset: str, seeds: int, ablations: list[str], overrides: list[str]
+) -> tuple[list[WsssConfig], dict[str, WsssConfig]]:
+    """The weak runs: one per seed 0 .. `seeds` - 1, and one per ablation on seed 0. Every run
+    takes `overrides`; an ablation's own settings win over them."""
+    per_seed = [
+        _config(preset, seed, f"quality-{preset}-s{seed}", overrides) for seed in range(seeds)
+    ]
+    per_ablation = {
+        name: _config(preset, 0, f"quality-{preset}-{name}", [*overrides, *ABLATIONS[name]])
+        for name in ablations
+    }
+    return per_seed, per_ablation
 
 
 def full_supervision(config: WsssConfig, runs_dir: Path) -> dict[str, float]:
@@ -158,6 +175,14 @@ def main() -> None:
         default="none",
         help=f"'all', 'none' or a comma-separated list of: {', '.join(ABLATIONS)}",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help="config override for every run, weak and fully supervised (as `wsss run --set`)",
+    )
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/quality"))
     args = parser.parse_args()
     if args.seeds < 1:
@@ -169,20 +194,27 @@ def main() -> None:
         if unknown:
             parser.error(f"unknown ablations {unknown}; available: {', '.join(ABLATIONS)}")
 
+    try:
+        seed_configs, ablation_configs = planned_configs(
+            args.preset, args.seeds, ablations, args.overrides
+        )
+    except ConfigError as exc:
+        parser.error(str(exc))
     val_runs, test_runs, full_runs = [], [], []
     ablation_rows: dict[str, dict[str, float]] = {}
-    with ray_session(load_config(args.preset).ray):
-        for seed in range(args.seeds):
-            config = _config(args.preset, seed, f"quality-{args.preset}-s{seed}", [])
-            print(f"[quality] seed {seed}: weak pipeline", flush=True)
+    with ray_session(seed_configs[0].ray):
+        for config in seed_configs:
+            print(f"[quality] seed {config.seed}: weak pipeline", flush=True)
             report = run_pipeline(config, args.runs_dir)
             val_runs.append({step: m["miou"] for step, m in report["steps"].items()})
             test_runs.append(scores_on_test_split(config, args.runs_dir))
-            print(f"[quality] seed {seed}: full supervision", flush=True)
+            print(f"[quality] seed {config.seed}: full supervision", flush=True)
             full_runs.append(full_supervision(config, args.runs_dir))
-            print(f"[quality] seed {seed}: val {val_runs[-1]} full {full_runs[-1]}", flush=True)
-        for name in ablations:
-            config = _config(args.preset, 0, f"quality-{args.preset}-{name}", ABLATIONS[name])
+            print(
+                f"[quality] seed {config.seed}: val {val_runs[-1]} full {full_runs[-1]}",
+                flush=True,
+            )
+        for name, config in ablation_configs.items():
             print(f"[quality] ablation {name}: {' '.join(ABLATIONS[name])}", flush=True)
             report = run_pipeline(config, args.runs_dir)
             ablation_rows[name] = {step: m["miou"] for step, m in report["steps"].items()}

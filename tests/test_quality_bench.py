@@ -45,3 +45,25 @@ def test_every_ablation_is_a_valid_config_override():
         assert config.name == f"ablation-{name}"
     person = quality._config("smoke", 0, "x", quality.ABLATIONS["person_kept"])
     assert person.step1.exclude_classes == []
+
+
+def test_set_overrides_reach_every_run_and_ablations_win_over_them():
+    overrides = ["step3.output_stride=8", "step2.sem_seg_bg_thres=0.4"]
+    per_seed, per_ablation = quality.planned_configs(
+        "smoke", 2, ["irnet_thres_0.5", "person_kept"], overrides
+    )
+    assert [c.seed for c in per_seed] == [0, 1]
+    assert [c.name for c in per_seed] == ["quality-smoke-s0", "quality-smoke-s1"]
+    runs = [*per_seed, *per_ablation.values()]
+    assert all(c.step3.output_stride == 8 for c in runs)
+    assert [c.step2.sem_seg_bg_thres for c in per_seed] == [0.4, 0.4]
+    assert per_ablation["irnet_thres_0.5"].step2.sem_seg_bg_thres == 0.5
+    assert per_ablation["person_kept"].step2.sem_seg_bg_thres == 0.4
+    assert {c.seed for c in per_ablation.values()} == {0}
+
+
+def test_a_bad_set_is_refused_before_any_run_naming_the_key(capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["quality.py", "--set", "step3.output_strid=8"])
+    with pytest.raises(SystemExit):
+        quality.main()
+    assert "config key step3.output_strid: unknown key" in capsys.readouterr().err
