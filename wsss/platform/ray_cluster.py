@@ -4,11 +4,13 @@ A local cluster is started on a loopback node address (Ray rewrites 127.0.0.1 to
 machine's network address; 127.0.0.2 stays on loopback), with the dashboard on 127.0.0.1,
 explicit CPU, memory and object-store limits, and Ray's token authentication on: Ray's core
 ports bind every interface whatever the node address, so the token is what keeps others out.
+Its workers reach Ray's state API at the dashboard's address.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,6 +19,19 @@ import ray
 from wsss.platform.config import RayConfig
 
 GIB = 1024**3
+DEFAULT_DASHBOARD_PORT = 8265
+
+
+def _dashboard_port(host: str) -> int:
+    """Ray's usual dashboard port if nothing listens on it at `host`, else a free one."""
+    for port in (DEFAULT_DASHBOARD_PORT, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    raise OSError(f"no free TCP port for the dashboard on {host}")
 
 
 @contextmanager
@@ -38,6 +53,7 @@ def ray_session(config: RayConfig) -> Iterator[str]:
         finally:
             ray.shutdown()
         return
+    dashboard_port = _dashboard_port(config.dashboard_host)
     context = ray.init(
         address="local",
         num_cpus=config.num_cpus,
@@ -46,6 +62,16 @@ def ray_session(config: RayConfig) -> Iterator[str]:
         _node_ip_address=config.node_ip_address,
         include_dashboard=True,
         dashboard_host=config.dashboard_host,
+        dashboard_port=dashboard_port,
+        # Ray's state API (which Ray Train's PlacementGroupCleaner polls for its controller)
+        # otherwise finds the cluster through /tmp/ray/ray_current_cluster, which only
+        # `ray start` writes: from a cluster started here it reached a stale cluster or none,
+        # and the cleaner died with a GCS-timeout traceback in every training run.
+        runtime_env={
+            "env_vars": {
+                "RAY_API_SERVER_ADDRESS": f"http://{config.dashboard_host}:{dashboard_port}"
+            }
+        },
     )
     try:
         yield (
