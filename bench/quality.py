@@ -77,8 +77,9 @@ def planned_configs(
 def full_supervision(config: WsssConfig, runs_dir: Path) -> dict[str, float]:
     """The step-3 model trained on the train images' true masks: val and test mIoU without TTA
     (`val`, `test`) and with it (`val_tta`, `test_tta`). Reused when the same config trained
-    it before (its key leaves out step 2 and the TTA, which it never reads); step 1 of
-    `config`'s weak run must be finished (its classifier may be read)."""
+    it before (its key leaves out step 2, the TTA and step 1's inference settings, none of
+    which it reads); step 1 of `config`'s weak run must be finished (its classifier may be
+    read)."""
     dataset_dir = prepare_dataset(config, runs_dir)
     info, rows = load_dataset(dataset_dir)
     oracle = dataset_dir / ORACLE_MASK_DIR
@@ -87,7 +88,7 @@ def full_supervision(config: WsssConfig, runs_dir: Path) -> dict[str, float]:
     key = config_key(
         config.seed,
         config.data.model_dump(mode="json"),
-        config.step1.model_dump(mode="json"),
+        config.step1.model_dump(mode="json", exclude=config.step1.inference_fields),
         config.step3.model_dump(mode="json", exclude={"tta"}),
     )
     step_dir = runs_dir / "full" / f"{config.name}-{key}"

@@ -167,6 +167,34 @@ def test_a_new_irnet_threshold_redraws_the_pseudo_masks_with_the_trained_irnet(
     assert report["steps"]["cam"] == before["cam"]
 
 
+def test_merging_binary_cams_reuses_the_trained_classifier_and_adds_the_excluded_class(
+    smoke_run, smoke_config, capsys
+):
+    """A step-1 inference setting (here the paper's binary classifier for the excluded class,
+    its CAMs merged) keeps the trained multi-label classifier; the excluded class's CAM is then
+    kept for every val image labelled with it, where the smoke run kept it for none."""
+    runs_dir, first = smoke_run
+    changed = smoke_config.model_copy(deep=True)
+    changed.step1.merge_binary_cams = True
+    changed.name = "smoke-binary"
+    capsys.readouterr()
+    report = run_pipeline(changed, runs_dir)
+    out = capsys.readouterr().out
+    assert "[classifier] reusing" in out
+    assert "[binary_person] starting" in out and "[step1] starting" in out
+    step1, step1_before = runs_dir / "smoke-binary" / "step1", runs_dir / "smoke" / "step1"
+    assert (step1 / "classifier.pt").resolve() == (step1_before / "classifier.pt").resolve()
+    assert (step1 / "binary_person.pt").is_file()
+    assert report["classifier"] == first["classifier"]
+    info, rows = load_dataset(next((runs_dir / "datasets").iterdir()))
+    person = info.classes.index("person")
+    labelled = [r.id for r in rows if r.split == "val" and "person" in r.labels]
+    assert labelled
+    for image_id in labelled:
+        assert person in np.load(step1 / "cams" / f"{image_id}.npz")["classes"]
+        assert person not in np.load(step1_before / "cams" / f"{image_id}.npz")["classes"]
+
+
 def test_predict_writes_a_mask_and_an_overlay_per_readable_image(smoke_run, smoke_config, tmp_path):
     runs_dir, _ = smoke_run
     dataset = next((runs_dir / "datasets").iterdir())

@@ -146,6 +146,24 @@ class ClassificationConfig(StrictModel):
     conf_bg_thres: float = Field(0.05, gt=0.0, lt=1.0)
     crf: CRFConfig = CRFConfig()
 
+    # Read only once the classifiers are trained (CAMs, CRF, confident labels, which CAMs to
+    # merge): a change reuses the trained classifiers.
+    inference_fields: ClassVar[frozenset[str]] = frozenset(
+        {
+            "merge_binary_cams",
+            "cam_scales",
+            "cam_flip",
+            "cam_norm",
+            "cam_method",
+            "gradcam_layer",
+            "cam_stride",
+            "cam_eval_thres",
+            "conf_fg_thres",
+            "conf_bg_thres",
+            "crf",
+        }
+    )
+
     @field_validator("cam_scales")
     @classmethod
     def _positive_scales(cls, value: list[float]) -> list[float]:

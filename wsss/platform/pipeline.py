@@ -4,15 +4,18 @@ Each step's output is a folder under `runs/cache/`, named by a hash of the confi
 and the keys of its inputs. A step works in `<folder>.partial/` and renames it when complete,
 so a finished step is reused by any later run with the same settings (Tune trials included),
 and a run killed mid-step starts that step again from its `.partial` folder — a training
-step from its last Ray Train checkpoint there. Step 2 keeps IRNet's training in a folder of
-its own (`irnet-<key>`, linked as `irnet.pt` from the step's folder) whose key leaves out the
-settings only inference reads, so a new IRNet threshold or walk setting redraws the pseudo
-masks with the trained model. The run folder (`runs/<name>/`) holds the resolved config,
-links to the step folders it used, and `report.json`; MLflow holds the same.
+step from its last Ray Train checkpoint there. Steps 1 and 2 keep their training in folders of
+their own (`classifier-<key>`, `binary_<class>-<key>`, `irnet-<key>`, linked as `<name>.pt`
+from the step's folder) whose keys leave out the settings only inference reads, so a new CAM,
+CRF or confident-label setting redraws the CAMs with the trained classifiers, and a new IRNet
+threshold or walk setting redraws the pseudo masks with the trained IRNet. The run folder
+(`runs/<name>/`) holds the resolved config, links to the step folders it used, and
+`report.json`; MLflow holds the same.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -106,21 +109,59 @@ def prepare_dataset(config: WsssConfig, runs_dir: Path) -> Path:
     return folder
 
 
-def _step1(config: WsssConfig, info: DatasetInfo, rows: list[ManifestRow], folder: Path) -> dict:
-    _, main = classification.train_classifier(config, info, rows, folder)
-    model_files = [folder / "classifier.pt"]
-    binary_histories = {}
+def _link_trained_model(folder: Path, trained_folder: Path, file_name: str) -> Path:
+    """`folder/file_name` as a link to the model a cached training step saved; relative, so
+    it survives the rename of the .partial folder next to the trained one."""
+    link = folder / file_name
+    if not link.is_symlink():
+        link.symlink_to(Path("..") / trained_folder.name / file_name)
+    return link
+
+
+def _train_classifier(
+    config: WsssConfig,
+    info: DatasetInfo,
+    rows: list[ManifestRow],
+    binary_class: str | None,
+    folder: Path,
+) -> dict:
+    _, output = classification.train_classifier(config, info, rows, folder, binary_class)
+    return {"f1_macro": output.metrics.get("f1_macro"), "history": output.history}
+
+
+def _step1(
+    config: WsssConfig,
+    info: DatasetInfo,
+    rows: list[ManifestRow],
+    folder: Path,
+    cache: StepCache,
+    data_key: str,
+) -> dict:
+    """The classifier and, with `merge_binary_cams`, a binary one per excluded class, trained
+    unless the cache holds them with the same training settings (a new CAM, CRF or
+    confident-label setting only redraws the CAMs), then this config's CAMs and IR labels."""
+    training = config.step1.model_dump(mode="json", exclude=config.step1.inference_fields)
+    # A binary classifier learns its one class on every train image, whatever is excluded.
+    binary_training = {k: v for k, v in training.items() if k != "exclude_classes"}
+    classifiers: dict[str | None, str] = {None: config_key(data_key, config.seed, training)}
     if config.step1.merge_binary_cams:
         for name in config.step1.exclude_classes:
-            _, binary = classification.train_classifier(config, info, rows, folder, name)
-            model_files.append(folder / f"binary_{name}.pt")
-            binary_histories[name] = binary.history
+            classifiers[name] = config_key(data_key, config.seed, binary_training, name)
+    model_files, trained = [], {}
+    for binary_class, key in classifiers.items():
+        name = classification.classifier_name(binary_class)
+        trained_folder, trained[binary_class] = cache.run(
+            name, key, functools.partial(_train_classifier, config, info, rows, binary_class)
+        )
+        model_files.append(_link_trained_model(folder, trained_folder, f"{name}.pt"))
     scores = classification.extract_cams(config, info, rows, folder, model_files)
     return {
         **scores,
-        "f1_macro": main.metrics.get("f1_macro"),
-        "history": main.history,
-        "binary_histories": binary_histories,
+        "f1_macro": trained[None]["f1_macro"],
+        "history": trained[None]["history"],
+        "binary_histories": {
+            name: summary["history"] for name, summary in trained.items() if name is not None
+        },
     }
 
 
@@ -143,10 +184,7 @@ def _step2(
             config, info, rows, step1_folder, step1_summary, irnet_folder
         ),
     )
-    model_link = folder / irnet.IRNET_FILE
-    if not model_link.is_symlink():
-        # Relative, so it survives the rename of the .partial folder next to the IRNet folder.
-        model_link.symlink_to(Path("..") / trained_folder.name / irnet.IRNET_FILE)
+    model_link = _link_trained_model(folder, trained_folder, irnet.IRNET_FILE)
     metrics = irnet.make_pseudo_masks(config, info, rows, step1_folder / "cams", model_link, folder)
     return {
         "history": trained["history"],
@@ -215,7 +253,7 @@ def run_pipeline(config: WsssConfig, runs_dir: Path) -> dict[str, Any]:
         folders: dict[str, Path] = {}
         summaries: dict[str, dict] = {}
         builders = {
-            "step1": lambda folder: _step1(config, info, rows, folder),
+            "step1": lambda folder: _step1(config, info, rows, folder, cache, data_key),
             "step2": lambda folder: _step2(
                 config,
                 info,

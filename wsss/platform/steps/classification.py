@@ -94,6 +94,12 @@ def _target_rows(
     ]
 
 
+def classifier_name(binary_class: str | None = None) -> str:
+    """The name of step 1's multi-label classifier, or of the binary one for `binary_class`;
+    the model is saved as `<name>.pt`."""
+    return "classifier" if binary_class is None else f"binary_{binary_class}"
+
+
 def train_classifier(
     config: WsssConfig,
     info: DatasetInfo,
@@ -102,7 +108,8 @@ def train_classifier(
     binary_class: str | None = None,
 ) -> tuple[ClassifierSpec, TrainOutput]:
     """Train the multi-label classifier (excluded classes removed, classes balanced), or with
-    `binary_class` the one-output classifier for that class, and save it in `step_dir`."""
+    `binary_class` the one-output classifier for that class, and save it in `step_dir` as
+    `<classifier_name(binary_class)>.pt`."""
     step1 = config.step1
     train_rows = [r for r in rows if r.split == "train"]
     val_rows = [r for r in rows if r.split == "val"]
@@ -151,7 +158,7 @@ def train_classifier(
         select_metric="f1_macro",
         seed=config.seed,
     )
-    run_name = "classifier" if binary_class is None else f"binary_{binary_class}"
+    run_name = classifier_name(binary_class)
     output = fit(task, config.ray, step_dir / "train", run_name)
     torch.save(
         {
