@@ -176,6 +176,8 @@ def test_merging_binary_cams_reuses_the_trained_classifier_and_adds_the_excluded
     runs_dir, first = smoke_run
     changed = smoke_config.model_copy(deep=True)
     changed.step1.merge_binary_cams = True
+    # Steps 2 and 3 run again on the new CAMs; one epoch each is enough for what is checked.
+    changed.step2.epochs = changed.step3.epochs = 1
     changed.name = "smoke-binary"
     capsys.readouterr()
     report = run_pipeline(changed, runs_dir)
