@@ -1,9 +1,20 @@
-"""Mask colours, overlays that leave background and ignore alone, and panel rows."""
+"""Mask colours, overlays that leave background and ignore alone, panel rows, and the legend
+that names the classes a mask draws."""
 
 import numpy as np
 import pytest
 
-from wsss.stages.segmentation.render import colorize, overlay, side_by_side
+from wsss.stages.segmentation.render import (
+    LEGEND_ROW,
+    LEGEND_SWATCH,
+    colorize,
+    legend,
+    overlay,
+    side_by_side,
+    with_legend,
+)
+
+CLASSES = ["background", "dog", "cat", "a class with a long name"]
 
 
 def test_colorize_uses_voc_colours():
@@ -77,3 +88,34 @@ def test_side_by_side_of_n_equal_panels_is_n_widths_plus_separators():
 def test_side_by_side_rejects_panels_of_different_heights():
     with pytest.raises(ValueError, match="heights differ"):
         side_by_side(np.zeros((3, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8))
+
+
+def test_legend_has_a_line_per_class_with_its_colour_swatch():
+    strip = legend([1, 3], CLASSES)
+    assert strip.dtype == np.uint8 and strip.shape[0] == 2 * LEGEND_ROW
+    # dog is VOC colour 1 (128, 0, 0), class 3 is (128, 128, 0): a filled square on each line.
+    for row, colour in enumerate([(128, 0, 0), (128, 128, 0)]):
+        line = strip[row * LEGEND_ROW : (row + 1) * LEGEND_ROW]
+        assert (line == colour).all(axis=-1).sum() == (LEGEND_SWATCH - 2) ** 2
+    # The text is drawn right of the swatch, dark on white.
+    assert (strip[:, LEGEND_SWATCH + 2 :] < 100).all(axis=-1).any()
+
+
+def test_legend_grows_with_the_longest_name():
+    assert legend([3], CLASSES).shape[1] > legend([1], CLASSES).shape[1]
+
+
+def test_legend_of_no_class_says_so_on_one_line():
+    strip = legend([], CLASSES)
+    assert strip.shape[0] == LEGEND_ROW and (strip < 100).all(axis=-1).any()
+
+
+def test_with_legend_names_the_object_classes_of_the_mask_below_the_panel():
+    panel = np.full((8, 4, 3), 7, dtype=np.uint8)
+    mask = np.array([[0, 2], [255, 2]], dtype=np.uint8)  # background and ignore are no line
+    result = with_legend(panel, mask, CLASSES)
+    strip = legend([2], CLASSES)
+    assert result.shape == (8 + LEGEND_ROW, strip.shape[1], 3)
+    np.testing.assert_array_equal(result[:8, :4], panel)
+    assert (result[:8, 4:] == 255).all()  # the panel is padded with white to the legend
+    np.testing.assert_array_equal(result[8:], strip)

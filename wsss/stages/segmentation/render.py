@@ -1,16 +1,21 @@
-"""Pictures of masks: VOC colours, colour over image, and panels side by side.
+"""Pictures of masks: VOC colours, colour over image, panels side by side, and a legend.
 
 All functions take and return uint8 arrays: images RGB [H, W, 3], masks class indices [H, W]
 with 0 = background and 255 = ignore.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from wsss.platform.datasets.images import IGNORE_INDEX, voc_palette
 
 BACKGROUND_INDEX = 0
 
 _PALETTE = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
+LEGEND_ROW = 14  # pixels per legend line: a 10 px swatch and PIL's default bitmap font
+LEGEND_SWATCH = 10
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:
@@ -59,3 +64,38 @@ def side_by_side(*panels: np.ndarray, separator: int = 2) -> np.ndarray:
     for panel in panels[1:]:
         row.extend((gap, panel))
     return np.concatenate(row, axis=1)
+
+
+def legend(class_ids: Sequence[int], class_names: Sequence[str]) -> np.ndarray:
+    """A white strip with one line per class of `class_ids`: its palette colour as a square
+    swatch, then `class_names[class_id]`. uint8 [LEGEND_ROW * max(1, n), W, 3], W the width of
+    the longest line; with no class it says so ("no object class")."""
+    font = ImageFont.load_default()
+    lines = [(class_id, class_names[class_id]) for class_id in class_ids]
+    texts = [name for _, name in lines] or ["no object class"]
+    text_width = max(int(font.getlength(text)) for text in texts)
+    width = LEGEND_SWATCH + 4 + text_width + 2
+    strip = Image.new("RGB", (width, LEGEND_ROW * len(texts)), "white")
+    draw = ImageDraw.Draw(strip)
+    for row, text in enumerate(texts):
+        top = row * LEGEND_ROW
+        if lines:
+            colour = tuple(int(c) for c in _PALETTE[lines[row][0]])
+            swatch = (1, top + 2, LEGEND_SWATCH, top + 1 + LEGEND_SWATCH)
+            draw.rectangle(swatch, fill=colour, outline="black")
+        draw.text((LEGEND_SWATCH + 4, top + 1), text, fill="black", font=font)
+    return np.asarray(strip, dtype=np.uint8)
+
+
+def with_legend(panel: np.ndarray, mask: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    """`panel` uint8 [H, W, 3] above the `legend` of the object classes in `mask` (neither
+    background nor ignore), both padded with white to the wider of the two."""
+    present = [int(c) for c in np.unique(mask) if c not in (BACKGROUND_INDEX, IGNORE_INDEX)]
+    strip = legend(present, class_names)
+    width = max(panel.shape[1], strip.shape[1])
+
+    def padded(picture: np.ndarray) -> np.ndarray:
+        right = np.full((picture.shape[0], width - picture.shape[1], 3), 255, np.uint8)
+        return np.concatenate([picture, right], axis=1)
+
+    return np.concatenate([padded(panel), padded(strip)], axis=0)
