@@ -1,19 +1,17 @@
 """Quality benchmark: does each step earn its place, and how close does the weak pipeline get
 to full supervision on the same budget?
 
-For each seed (dataset and models both follow `seed`), runs the whole pipeline (`run_pipeline`)
-on `--preset`, then in the same Ray session:
-- scores the run's DeepLabV3+ on the test split, without and with TTA;
-- trains the same DeepLabV3+ (same step-3 config, epochs, augmentation and best-epoch rule,
-  and the same initial encoder: step 1's classifier where `step3.encoder_from` says so, as it
-  needs only image labels) on the ground-truth masks of the train images, which the synthetic
-  set keeps in `oracle/` apart from everything the weak pipeline reads, and scores it on val
-  and test without and with TTA: the fully supervised upper bound is the better of the two.
+For each seed (dataset and models both follow `seed`), runs the whole pipeline (`run_pipeline`,
+which scores every step on val and test) on `--preset`, then in the same Ray session trains
+the same DeepLabV3+ (same step-3 config, epochs, augmentation and best-epoch rule, and the
+same initial encoder: step 1's classifier where `step3.encoder_from` says so, as it needs only
+image labels) on the ground-truth masks of the train images, which the synthetic set keeps in
+`oracle/` apart from everything the weak pipeline reads, and scores it on val and test
+without and with TTA: the fully supervised upper bound is the better of the two.
 
-Reported per step: val mIoU (CAM, CAM+CRF and IRNet are the pseudo-label generators, scored on
-val as in the paper's Table 2) and test mIoU (the two segmentation steps and full supervision),
-each as mean and standard deviation over seeds. `weak_to_full` = segmentation_tta / full and
-`cam_to_full` = cam / full, both on val, with full = `full_miou`.
+Reported per step: val and test mIoU, each as mean and standard deviation over seeds.
+`weak_to_full` = segmentation_tta / full and `cam_to_full` = cam / full, both on val, with
+full = `full_miou`.
 
 Ablations (`--ablations`, each a row of val mIoU per step, on the first seed): balancing by
 downsampling / upsampling / both, `person` kept with its missing labels vs excluded with the
@@ -39,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from wsss.platform.config import ConfigError, WsssConfig, load_config
+from wsss.platform.console import show_on_console
 from wsss.platform.datasets.manifest import load_dataset
 from wsss.platform.pipeline import STEP_NAMES, config_key, prepare_dataset, run_pipeline
 from wsss.platform.ray_cluster import ray_session
@@ -95,22 +94,12 @@ def full_supervision(config: WsssConfig, runs_dir: Path) -> dict[str, float]:
     if not (step_dir / segmentation.SEGMENTER_FILE).is_file():
         classifier = runs_dir / config.name / "step1" / classification.CLASSIFIER_FILE
         segmentation.train_segmenter(config, info, rows, oracle, classifier, step_dir)
+    variants = {"": None, "_tta": config.step3.tta}
+    scores = segmentation.evaluate_segmenter(config, info, rows, step_dir, variants)
     return {
-        f"{split}{suffix}": segmentation.evaluate_segmenter(
-            config, info, rows, step_dir, tta, split
-        )["miou"]
-        for split in ("val", "test")
-        for suffix, tta in (("", None), ("_tta", config.step3.tta))
-    }
-
-
-def scores_on_test_split(config: WsssConfig, runs_dir: Path) -> dict[str, float]:
-    """Test mIoU of a finished run's segmenter, without and with TTA."""
-    info, rows = load_dataset(prepare_dataset(config, runs_dir))
-    step_dir = runs_dir / config.name / "step3"
-    return {
-        name: segmentation.evaluate_segmenter(config, info, rows, step_dir, tta, "test")["miou"]
-        for name, tta in (("segmentation", None), ("segmentation_tta", config.step3.tta))
+        f"{split}{suffix}": metrics[suffix]["miou"]
+        for split, metrics in scores.items()
+        for suffix in variants
     }
 
 
@@ -186,6 +175,7 @@ def main() -> None:
     )
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/quality"))
     args = parser.parse_args()
+    args.runs_dir = args.runs_dir.resolve()  # Ray workers do not run in this folder
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
     ablations = {"all": list(ABLATIONS), "none": []}.get(args.ablations)
@@ -201,6 +191,7 @@ def main() -> None:
         )
     except ConfigError as exc:
         parser.error(str(exc))
+    show_on_console()
     val_runs, test_runs, full_runs = [], [], []
     ablation_rows: dict[str, dict[str, float]] = {}
     with ray_session(seed_configs[0].ray):
@@ -208,7 +199,7 @@ def main() -> None:
             print(f"[quality] seed {config.seed}: weak pipeline", flush=True)
             report = run_pipeline(config, args.runs_dir)
             val_runs.append({step: m["miou"] for step, m in report["steps"].items()})
-            test_runs.append(scores_on_test_split(config, args.runs_dir))
+            test_runs.append({step: m["miou"] for step, m in report["test_steps"].items()})
             print(f"[quality] seed {config.seed}: full supervision", flush=True)
             full_runs.append(full_supervision(config, args.runs_dir))
             print(

@@ -1,15 +1,28 @@
-"""Shared fixtures: one local Ray cluster for every test that needs one, and one smoke run of
-the whole pipeline that the end-to-end tests read."""
+"""Shared fixtures: one local Ray cluster for the tests that use Ray in this process, and one
+smoke run of the whole pipeline, made the way the README tells users to, that the end-to-end
+tests read."""
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from wsss.platform.config import WsssConfig, load_config
-from wsss.platform.pipeline import run_pipeline
 from wsss.platform.ray_cluster import ray_session
+
+# The `wsss` console script this environment installed, as users run it.
+WSSS = Path(sys.executable).parent / "wsss"
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+    ),
+]
 
 
 @pytest.fixture(scope="session")
@@ -24,9 +37,40 @@ def smoke_config() -> WsssConfig:
     return load_config("smoke")
 
 
+def user_environment() -> dict[str, str]:
+    """The environment of a user who typed the README's `.venv/bin/wsss ...`: no tracking
+    server, and the venv not activated (its scripts are not on PATH)."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    path = env.get("PATH", "").split(os.pathsep)
+    env["PATH"] = os.pathsep.join(p for p in path if Path(p) != WSSS.parent)
+    return env
+
+
 @pytest.fixture(scope="session")
-def smoke_run(ray_cluster, smoke_config, tmp_path_factory) -> tuple[Path, dict]:
-    """(runs folder, report) of one `wsss run --preset smoke` on the shared cluster."""
-    runs_dir = tmp_path_factory.mktemp("runs")
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    return runs_dir, run_pipeline(smoke_config, runs_dir)
+def user_folder(tmp_path_factory) -> Path:
+    """A fresh working folder, as a new clone is: nothing but what the commands write."""
+    return tmp_path_factory.mktemp("user")
+
+
+@pytest.fixture(scope="session")
+def smoke_console(user_folder: Path) -> str:
+    """The console of `wsss run --preset smoke` typed in `user_folder`: the installed console
+    script, the default runs folder (the relative `runs`), a local cluster of its own."""
+    result = subprocess.run(
+        [str(WSSS), "run", "--preset", "smoke"],
+        cwd=user_folder,
+        env=user_environment(),
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    console = result.stdout + result.stderr
+    assert result.returncode == 0, console[-4000:]
+    return console
+
+
+@pytest.fixture(scope="session")
+def smoke_run(smoke_console: str, user_folder: Path) -> tuple[Path, dict]:
+    """(runs folder, report) of that smoke run."""
+    runs_dir = user_folder / "runs"
+    return runs_dir, json.loads((runs_dir / "smoke" / "report.json").read_text())

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from wsss.platform.config import ConfigError, WsssConfig, load_config, preset_names, to_yaml
+from wsss.platform.console import capture_console
 from wsss.platform.datasets.adapters import ADAPTERS, import_dataset
 from wsss.platform.datasets.manifest import DatasetError
 from wsss.platform.datasets.stats import dataset_stats, format_stats
 from wsss.platform.datasets.synthetic import build_synthetic_dataset
-from wsss.platform.pipeline import REPORT_FILE, format_table2, run_pipeline
+from wsss.platform.pipeline import (
+    LOG_FILE,
+    REPORT_FILE,
+    StepFailedError,
+    format_table2,
+    run_pipeline,
+)
 from wsss.platform.predict import predict_images
 from wsss.platform.tracking import tracking_uri
+
+logger = logging.getLogger("wsss.cli")
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, default_preset: str | None) -> None:
@@ -113,30 +124,43 @@ def _data_stats(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     config = _config(args)
-    report = run_pipeline(config, args.runs_dir)
-    print(f"\nTable 2 for run {config.name} (split {report['split']}):")
-    print(format_table2(report))
-    print(f"\nreport: {args.runs_dir / config.name / REPORT_FILE}")
+    # Resolved here, where the command starts: Ray workers do not run in this folder.
+    runs_dir = args.runs_dir.resolve()
+    run_dir = runs_dir / config.name
+    with capture_console(run_dir / LOG_FILE) as console:
+        try:
+            report = run_pipeline(config, runs_dir)
+        except StepFailedError as exc:
+            traceback.print_exc()  # into the log: the console gets one line of it
+            logger.error(f"{exc}\nthe full log is in {run_dir / LOG_FILE}")
+            return 1
+        print(f"\nTable 2 for run {config.name} (mIoU, %):", file=console)
+        print(format_table2(report), file=console)
+        print(f"\nreport: {run_dir / REPORT_FILE}\nlog: {run_dir / LOG_FILE}", file=console)
     return 0
 
 
 def _ui(args: argparse.Namespace) -> int:
     uri = tracking_uri(_config(args).tracking, args.runs_dir)
-    command = ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1"]
-    command += ["--port", str(args.port)]
-    print(" ".join(command), flush=True)
+    # The MLflow of this environment, whether or not its folder is on PATH.
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    command += ["--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
     return subprocess.call(command)
 
 
 def _predict(args: argparse.Namespace) -> int:
     config = load_config(None, args.run_dir / "config.yaml")
-    summary = predict_images(args.run_dir, args.inputs, args.out, config)
-    print(
-        f"wrote {summary['written']} mask(s) and overlay(s) to {args.out}; "
-        f"{len(summary['unreadable'])} unreadable"
-    )
-    for path, reason in summary["unreadable"]:
-        print(f"  unreadable {path}: {reason}")
+    log_file = args.out.resolve() / "predict.log"
+    with capture_console(log_file) as console:
+        summary = predict_images(args.run_dir, args.inputs, args.out, config)
+        print(
+            f"wrote {summary['written']} mask(s) and overlay(s) to {args.out}; "
+            f"{len(summary['unreadable'])} unreadable (log: {log_file})",
+            file=console,
+        )
+        for path, reason in summary["unreadable"]:
+            print(f"  unreadable {path}: {reason}", file=console)
     return 0
 
 

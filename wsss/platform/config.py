@@ -111,6 +111,12 @@ class DataConfig(StrictModel):
     synthetic: SyntheticConfig = SyntheticConfig()
     augmentation: AugmentationConfig = AugmentationConfig()
 
+    @field_validator("root")
+    @classmethod
+    def _absolute_root(cls, value: Path | None) -> Path | None:
+        # Relative to the folder the command runs in; Ray workers run elsewhere.
+        return value.expanduser().resolve() if value is not None else None
+
 
 class CRFConfig(StrictModel):
     """Dense CRF (pydensecrf) settings; defaults follow IRNet / PSA."""

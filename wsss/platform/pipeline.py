@@ -11,6 +11,10 @@ CRF or confident-label setting redraws the CAMs with the trained classifiers, an
 threshold or walk setting redraws the pseudo masks with the trained IRNet. The run folder
 (`runs/<name>/`) holds the resolved config, links to the step folders it used, and
 `report.json`; MLflow holds the same.
+
+Every step is scored on val (the paper's column; step 3 picks its epoch there) and, where the
+data set has its masks, on test. A step that fails raises `StepFailedError`, which names the
+step and the error that stopped it, whichever Ray worker it came from.
 """
 
 from __future__ import annotations
@@ -18,14 +22,18 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 
 from wsss.platform.config import ConfigError, WsssConfig, to_yaml
+from wsss.platform.console import describe_error, format_duration
 from wsss.platform.datasets.images import read_mask, read_rgb
 from wsss.platform.datasets.manifest import (
     DATASET_FILE,
@@ -37,13 +45,26 @@ from wsss.platform.datasets.manifest import (
 from wsss.platform.datasets.stats import dataset_stats
 from wsss.platform.datasets.synthetic import build_synthetic_dataset
 from wsss.platform.ray_cluster import ray_session
-from wsss.platform.steps import classification, irnet, segmentation
+from wsss.platform.steps import classification, irnet, scored_splits, segmentation
 from wsss.platform.steps.irnet import confident_ids
 from wsss.platform.tracking import Tracker, metric_values
 from wsss.stages.segmentation.render import colorize, side_by_side
 
+logger = logging.getLogger(__name__)
+
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.json"
+LOG_FILE = "run.log"
+# Part of every cache key: raised whenever the code makes different outputs (or summaries) from
+# the same config, so that no folder written by older code is reused.
+CACHE_VERSION = 2
+STEP_TITLES = {
+    "data": "data preparation",
+    "step1": "step 1 (classifier, CAMs, dense CRF)",
+    "step2": "step 2 (IRNet, pseudo masks)",
+    "step3": "step 3 (DeepLabV3+)",
+    "evaluation": "evaluation",
+}
 STEP_NAMES = {
     "cam": "Step 1. Classification (CAM)",
     "cam_crf": "Step 1. Classification + CRF",
@@ -52,13 +73,31 @@ STEP_NAMES = {
     "segmentation_tta": "Step 3. Segmentation + TTA",
 }
 PANEL_IMAGES = 4
-# Metrics a step's own summary holds, logged to its nested MLflow run as well.
-STEP_METRICS = {"step1": ("cam", "cam_crf"), "step2": ("irnet",)}
+
+
+class StepFailedError(RuntimeError):
+    """A step of `run_pipeline` failed; `cause` is what stopped it (a worker's own error)."""
+
+    def __init__(self, step: str, cause: BaseException) -> None:
+        self.step, self.cause = step, cause
+        super().__init__(f"{STEP_TITLES[step]} failed: {describe_error(cause)}")
+
+
+@contextmanager
+def _step(step: str) -> Iterator[None]:
+    """Report any error inside the block as `StepFailedError(step)`, but a `ConfigError`,
+    which already names the config key to change."""
+    try:
+        yield
+    except (StepFailedError, ConfigError):
+        raise
+    except Exception as exc:
+        raise StepFailedError(step, exc) from exc
 
 
 def config_key(*parts: Any) -> str:
     """A short stable hash of JSON-able parts (config sections and upstream keys)."""
-    text = json.dumps(parts, sort_keys=True, default=str)
+    text = json.dumps([CACHE_VERSION, *parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -75,18 +114,18 @@ class StepCache:
         """The step's folder and summary: reused if complete, else built (resuming a partial)."""
         final = self.root / f"{step}-{key}"
         if (final / SUMMARY_FILE).is_file():
-            print(f"[{step}] reusing {final}", flush=True)
+            logger.info(f"[{step}] reusing {final}")
             return final, json.loads((final / SUMMARY_FILE).read_text())
         partial = self.root / f"{step}-{key}.partial"
         resuming = partial.exists()
         partial.mkdir(parents=True, exist_ok=True)
-        print(f"[{step}] {'resuming' if resuming else 'starting'} in {partial}", flush=True)
+        logger.info(f"[{step}] {'resuming' if resuming else 'starting'} in {partial}")
         started = time.perf_counter()
         summary = build(partial)
         summary["duration_s"] = time.perf_counter() - started
         write_atomic(partial / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         partial.rename(final)
-        print(f"[{step}] done in {summary['duration_s']:.1f}s -> {final}", flush=True)
+        logger.info(f"[{step}] done in {format_duration(summary['duration_s'])} -> {final}")
         return final, summary
 
 
@@ -102,9 +141,9 @@ def prepare_dataset(config: WsssConfig, runs_dir: Path) -> Path:
     key = config_key(config.seed, config.data.synthetic.model_dump(exclude={"workers"}))
     folder = runs_dir / "datasets" / f"synthetic-{key}"
     if (folder / DATASET_FILE).is_file():
-        print(f"[data] reusing the synthetic set in {folder}", flush=True)
+        logger.info(f"[data] reusing the synthetic set in {folder}")
     else:
-        print(f"[data] drawing the synthetic set into {folder}", flush=True)
+        logger.info(f"[data] drawing the synthetic set into {folder}")
         build_synthetic_dataset(folder, config.data.synthetic, config.seed)
     return folder
 
@@ -189,7 +228,7 @@ def _step2(
     return {
         "history": trained["history"],
         "train_images": trained["train_images"],
-        "irnet": metrics,
+        "metrics": {split: {"irnet": summary} for split, summary in metrics.items()},
     }
 
 
@@ -198,27 +237,38 @@ def _panels(
     rows: list[ManifestRow],
     config: WsssConfig,
     folders: dict[str, Path],
+    segmenter: segmentation.Segmenter,
 ) -> list[tuple[str, np.ndarray]]:
-    """Figure-2 panels for the first val images: image | CAM | CAM+CRF | IRNet | DeepLab | GT."""
-    segmenter = segmentation.Segmenter(
-        str(folders["step3"] / segmentation.SEGMENTER_FILE), str(info.root), config.step3.tta
-    )
+    """Figure-2 panels for the first val images: image | CAM | CAM+CRF | IRNet | DeepLab | GT;
+    the segmenter predicts with the run's TTA."""
     panels = []
     for row in [r for r in rows if r.split == "val" and r.mask is not None][:PANEL_IMAGES]:
         image = read_rgb(info.root / row.image)
         cam_dir = folders["step1"] / "cams"
         cam, cam_crf = classification.cam_masks(image, row.id, cam_dir, config.step1)
         irnet_mask = read_mask(folders["step2"] / irnet.PSEUDO_MASK_DIR / f"{row.id}.png")
-        predicted = segmenter.labels(image)
+        predicted = segmenter.labels(image, config.step3.tta)
         truth = read_mask(info.root / row.mask)
         masks = [cam, cam_crf, irnet_mask, predicted, truth]
         panels.append((row.id, side_by_side(image, *(colorize(m) for m in masks))))
     return panels
 
 
+def _require_gpus(config: WsssConfig) -> None:
+    if config.ray.use_gpu and not ray.cluster_resources().get("GPU"):
+        raise ConfigError(
+            "config key ray.use_gpu: true, but the Ray cluster has no GPU "
+            "(set ray.use_gpu=false, or join a cluster with GPUs through RAY_ADDRESS)"
+        )
+
+
 def run_pipeline(config: WsssConfig, runs_dir: Path) -> dict[str, Any]:
-    """Run the whole method; returns the report (also written to runs/<name>/report.json)."""
-    runs_dir = Path(runs_dir)
+    """Run the whole method; returns the report (also written to runs/<name>/report.json).
+
+    `runs_dir` may be relative: it is resolved here, once, as every path handed to a Ray
+    worker must be absolute (workers do not run in this process's folder).
+    """
+    runs_dir = Path(runs_dir).resolve()
     run_dir = runs_dir / config.name
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.yaml", to_yaml(config))
@@ -229,13 +279,14 @@ def run_pipeline(config: WsssConfig, runs_dir: Path) -> dict[str, Any]:
         ray_session(config.ray) as where,
         tracker.parent_run(config.name, config.model_dump(mode="json")) as run_id,
     ):
-        print(
-            f"[wsss] run {config.name} on {where}; MLflow run {run_id} at {tracker.uri}", flush=True
-        )
+        logger.info(f"[wsss] run {config.name} on {where}; MLflow run {run_id} at {tracker.uri}")
+        _require_gpus(config)
         started = time.perf_counter()
-        dataset_dir = prepare_dataset(config, runs_dir)
-        info, rows = load_dataset(dataset_dir)
+        with _step("data"):
+            dataset_dir = prepare_dataset(config, runs_dir)
+            info, rows = load_dataset(dataset_dir)
         timings["data"] = time.perf_counter() - started
+        splits = scored_splits(rows)
         data_key = config_key(
             str(dataset_dir.resolve()), info.counts, config.data.model_dump(mode="json")
         )
@@ -274,38 +325,48 @@ def run_pipeline(config: WsssConfig, runs_dir: Path) -> dict[str, Any]:
         }
         sections = {"step1": config.step1, "step2": config.step2, "step3": config.step3}
         for step, build in builders.items():
-            with tracker.step_run(step, sections[step].model_dump(mode="json")):
+            with (
+                _step(step),
+                tracker.step_run(step, sections[step].model_dump(mode="json")),
+            ):
                 folders[step], summaries[step] = cache.run(step, step_keys[step], build)
                 timings[step] = summaries[step]["duration_s"]
                 tracker.log_history(summaries[step].get("history", []))
-                for name in STEP_METRICS.get(step, ()):
-                    tracker.log_metrics(metric_values(summaries[step][name], name))
+                for split, metrics in summaries[step].get("metrics", {}).items():
+                    for name, summary in metrics.items():
+                        tracker.log_metrics(metric_values(summary, _metric_prefix(name, split)))
                 link = run_dir / step
                 if link.is_symlink() or link.exists():
                     link.unlink()
-                link.symlink_to(folders[step].resolve(), target_is_directory=True)
+                link.symlink_to(folders[step], target_is_directory=True)
 
         started = time.perf_counter()
-        metrics = {
-            "cam": summaries["step1"]["cam"],
-            "cam_crf": summaries["step1"]["cam_crf"],
-            "irnet": summaries["step2"]["irnet"],
-            "segmentation": segmentation.evaluate_segmenter(
-                config, info, rows, folders["step3"], None
-            ),
-            "segmentation_tta": segmentation.evaluate_segmenter(
-                config, info, rows, folders["step3"], config.step3.tta
-            ),
-        }
-        timings["evaluation"] = time.perf_counter() - started
-        for name, summary in metrics.items():
-            tracker.log_metrics(metric_values(summary, name))
-        for image_id, panel in _panels(info, rows, config, folders):
-            tracker.log_image(panel, f"panels/{image_id}.png")
-        segmenter = segmentation.Segmenter(
-            str(folders["step3"] / segmentation.SEGMENTER_FILE), str(info.root), None
-        )
-        tracker.log_model(segmenter.model, "segmenter")
+        with _step("evaluation"):
+            scores = segmentation.evaluate_segmenter(
+                config,
+                info,
+                rows,
+                folders["step3"],
+                {"segmentation": None, "segmentation_tta": config.step3.tta},
+            )
+            steps = {
+                split: {
+                    **summaries["step1"]["metrics"][split],
+                    **summaries["step2"]["metrics"][split],
+                    **scores[split],
+                }
+                for split in splits
+            }
+            timings["evaluation"] = time.perf_counter() - started
+            for split, metrics in steps.items():
+                for name, summary in metrics.items():
+                    tracker.log_metrics(metric_values(summary, _metric_prefix(name, split)))
+            segmenter = segmentation.Segmenter(
+                str(folders["step3"] / segmentation.SEGMENTER_FILE), str(info.root), None
+            )
+            for image_id, panel in _panels(info, rows, config, folders, segmenter):
+                tracker.log_image(panel, f"panels/{image_id}.png")
+            tracker.log_model(segmenter.model, "segmenter")
 
         top_scores = summaries["step1"]["train_top_scores"]
         report = {
@@ -315,8 +376,9 @@ def run_pipeline(config: WsssConfig, runs_dir: Path) -> dict[str, Any]:
                 "confident_share": len(confident_ids(top_scores, config.step2.min_confidence))
                 / max(1, len(top_scores)),
             },
-            "steps": metrics,
+            "steps": steps["val"],
             "split": "val",
+            "test_steps": steps.get("test", {}),
             "timings_s": timings,
             "mlflow": {"tracking_uri": tracker.uri, "run_id": run_id},
         }
@@ -326,16 +388,32 @@ def run_pipeline(config: WsssConfig, runs_dir: Path) -> dict[str, Any]:
     return report
 
 
-def table2(report: dict[str, Any]) -> dict[str, float]:
-    """The paper's Table 2 for this run: mIoU per step, in percent."""
-    return {STEP_NAMES[k]: round(100 * v["miou"], 2) for k, v in report["steps"].items()}
+def _metric_prefix(name: str, split: str) -> str:
+    """MLflow metric prefix: val, the paper's column, unprefixed (`cam_miou`); other splits
+    prefixed (`test_cam_miou`)."""
+    return name if split == "val" else f"{split}_{name}"
+
+
+def table2(report: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The paper's Table 2 for this run: mIoU per step and scored split, in percent."""
+    columns = {"val": report["steps"], "test": report.get("test_steps", {})}
+    return {
+        title: {
+            split: round(100 * metrics[name]["miou"], 2)
+            for split, metrics in columns.items()
+            if name in metrics
+        }
+        for name, title in STEP_NAMES.items()
+    }
 
 
 def format_table2(report: dict[str, Any]) -> str:
+    """Table 2 as text: a row per step, a column per scored split (val is the paper's)."""
     rows = table2(report)
+    splits = [s for s in ("val", "test") if any(s in row for row in rows.values())]
     width = max(len(k) for k in rows)
-    lines = [
-        f"{'Method step':<{width}}  mean IoU",
-        *(f"{k:<{width}}  {v:8.2f}" for k, v in rows.items()),
-    ]
+    lines = [f"{'Method step':<{width}}" + "".join(f"  {s + ' mIoU':>9}" for s in splits)]
+    for title, row in rows.items():
+        cells = "".join(f"  {row[s]:9.2f}" if s in row else f"  {'':>9}" for s in splits)
+        lines.append(f"{title:<{width}}{cells}")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from typing import Any
 import ray.data
 
 from wsss.platform.config import WsssConfig
+from wsss.platform.console import Progress
 from wsss.platform.ray_cluster import ray_session
 from wsss.platform.steps.segmentation import SEGMENTER_FILE, segment_images
 
@@ -35,23 +36,32 @@ def predict_images(
 ) -> dict[str, Any]:
     """Write `<id>.png` and `<id>_overlay.png` per readable image into `out_dir`.
 
-    Returns {"written": n, "unreadable": [(path, reason), ...]}; an unreadable image (or a
-    path that does not exist) is reported and the rest go on.
+    Paths may be relative to the current folder: they are resolved here, before any Ray
+    worker (which runs elsewhere) sees them. Returns {"written": n, "unreadable": [(path,
+    reason), ...]}; an unreadable image (or a path that does not exist) is reported and the
+    rest go on.
     """
-    model_file = Path(run_dir) / "step3" / SEGMENTER_FILE
+    model_file = Path(run_dir).resolve() / "step3" / SEGMENTER_FILE
     if not model_file.is_file():
         raise FileNotFoundError(f"{model_file} is missing: {run_dir} holds no finished run")
+    out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     images = collect_images(inputs)
     if not images:
         raise FileNotFoundError(f"no images in {', '.join(map(str, inputs))}")
     rows = [{"id": image_id, "image": str(path.resolve())} for image_id, path in images]
+    progress = Progress("[predict] segmented", len(rows))
+    written, unreadable = 0, []
     with ray_session(config.ray):
         results = segment_images(
-            model_file, ray.data.from_items(rows), out_dir, config.step3.tta, config.ray.num_cpus
-        ).to_pandas()
-    failed = results[results["error"] != ""]
-    return {
-        "written": int((results["error"] == "").sum()),
-        "unreadable": list(zip(failed["image"], failed["error"], strict=True)),
-    }
+            model_file, ray.data.from_items(rows), out_dir, config.step3.tta, config.ray
+        )
+        for batch in results.iter_batches(batch_format="numpy", batch_size=None):
+            for path, error in zip(batch["image"], batch["error"], strict=True):
+                if error:
+                    unreadable.append((str(path), str(error)))
+                else:
+                    written += 1
+            progress.update(len(batch["image"]))
+    progress.finish()
+    return {"written": written, "unreadable": unreadable}

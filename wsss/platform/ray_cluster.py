@@ -5,6 +5,10 @@ machine's network address; 127.0.0.2 stays on loopback), with the dashboard on 1
 explicit CPU, memory and object-store limits, and Ray's token authentication on: Ray's core
 ports bind every interface whatever the node address, so the token is what keeps others out.
 Its workers reach Ray's state API at the dashboard's address.
+
+Every worker of a job (local cluster or joined) sets up its logging with
+`wsss.platform.console.setup_worker_logging`, so its `wsss` lines reach the driver's console.
+The driver's Ray Data progress bars are off: the platform counts its stages itself.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import ray
+import ray.data
 
 from wsss.platform.config import RayConfig
 
 GIB = 1024**3
 DEFAULT_DASHBOARD_PORT = 8265
+WORKER_SETUP_HOOK = "wsss.platform.console.setup_worker_logging"
 
 
 def _dashboard_port(host: str) -> int:
@@ -45,9 +51,16 @@ def ray_session(config: RayConfig) -> Iterator[str]:
     if ray.is_initialized():
         yield "the current Ray connection"
         return
+    data_context = ray.data.DataContext.get_current()
+    data_context.enable_progress_bars = False
+    data_context.print_on_execution_start = False
     address = config.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(
+            address=address,
+            log_to_driver=True,
+            runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK},
+        )
         try:
             yield f"the cluster at {address}"
         finally:
@@ -70,7 +83,8 @@ def ray_session(config: RayConfig) -> Iterator[str]:
         runtime_env={
             "env_vars": {
                 "RAY_API_SERVER_ADDRESS": f"http://{config.dashboard_host}:{dashboard_port}"
-            }
+            },
+            "worker_process_setup_hook": WORKER_SETUP_HOOK,
         },
     )
     try:

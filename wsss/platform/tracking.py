@@ -21,6 +21,10 @@ from wsss.platform.config import TrackingConfig
 
 DATABASE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
+# MLflow 3's UI opens an experiment of unknown kind on its GenAI views (traces, an assistant);
+# this tag makes it open on the training runs, their metrics and artifacts.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def tracking_uri(config: TrackingConfig, runs_dir: Path) -> str:
@@ -71,6 +75,7 @@ class Tracker:
             location = (Path(runs_dir) / ARTIFACT_DIR).resolve().as_uri() if local else None
             mlflow.create_experiment(config.experiment, artifact_location=location)
         mlflow.set_experiment(config.experiment)
+        mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
     @contextmanager
     def parent_run(self, name: str, params: Mapping[str, Any]) -> Iterator[str]:

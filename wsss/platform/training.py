@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from wsss.platform.config import RayConfig
+from wsss.platform.console import eta_text
 from wsss.platform.data.pipeline import pace_scheduling_loop
 
 STATE_FILE = "state.pt"
@@ -223,11 +224,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     best_metrics: dict[str, Any] = {}
     best_extras: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
+    # On the worker's device before any state is loaded, so that the optimizer's state lands
+    # where its parameters are.
+    model = ray.train.torch.prepare_model(model)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, weights_only=True)
-        model.load_state_dict(state["model"])
+            state = torch.load(Path(folder) / STATE_FILE, weights_only=True, map_location="cpu")
+        _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
@@ -240,7 +244,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
         if rank == 0:
             logger.info(f"[{task.name}] resuming after epoch {start_epoch} from {checkpoint.path}")
-    model = ray.train.torch.prepare_model(model)
 
     for epoch in range(start_epoch, task.epochs):
         started = time.perf_counter()
@@ -276,7 +279,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("epoch", "epoch_s")
             )
             took = metrics["epoch_s"]
-            logger.info(f"[{task.name}] epoch {epoch + 1}/{task.epochs} {shown} ({took:.1f}s)")
+            so_far = eta_text(sum(row["epoch_s"] for row in history), epoch + 1, task.epochs)
+            logger.info(
+                f"[{task.name}] epoch {epoch + 1}/{task.epochs} {shown} ({took:.1f}s; {so_far})"
+            )
         with tempfile.TemporaryDirectory() as folder:
             saved = None
             if rank == 0:
@@ -332,7 +338,7 @@ def fit(
     if result.checkpoint is None:
         raise RuntimeError(f"{task.name}: training finished without a checkpoint ({result.error})")
     with result.checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / STATE_FILE, weights_only=True)
+        state = torch.load(Path(folder) / STATE_FILE, weights_only=True, map_location="cpu")
     return TrainOutput(
         state["best_model"], state["best_metrics"], state["best_extras"], state["history"]
     )

@@ -22,7 +22,6 @@ from typing import Any, Literal
 
 import numpy as np
 import ray.data
-import torch
 from ray.data._internal.execution.execution_callback import ExecutionCallback
 
 from wsss.platform.config import AugmentationConfig
@@ -31,9 +30,6 @@ from wsss.platform.datasets.images import ImageError, read_mask, read_rgb
 from wsss.platform.datasets.manifest import ManifestRow
 
 logger = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Augmentation = Literal["strong", "weak"]
 
@@ -225,10 +221,3 @@ def training_dataset(
         for index, rescale in enumerate(rescales)
     ]
     return per_scale[0].union(*per_scale[1:]) if len(per_scale) > 1 else per_scale[0]
-
-
-def to_model_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, H, W, 3] -> float32 [B, 3, H, W] normalised with ImageNet statistics."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-    return (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std

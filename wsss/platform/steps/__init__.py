@@ -1,20 +1,87 @@
-"""The three steps wired to Ray Data and Ray Train; each reads the previous step's artifacts."""
+"""The three steps wired to Ray Data and Ray Train; each reads the previous step's artifacts.
 
+What the steps share: the splits scored against pixel ground truth, the check that a step's
+inputs exist before any work, how models run on an actor pool (CPU cores or GPUs), and how the
+per-batch confusion matrices of a scoring pass are summed with progress shown.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
 import ray.data
+import torch
 
+from wsss.platform.config import RayConfig
+from wsss.platform.console import Progress
+from wsss.platform.datasets.manifest import ManifestRow
 from wsss.platform.metrics import ConfusionMatrix
+
+# Splits with pixel ground truth that every step is scored on: val is the paper's column (step
+# 3 picks its epoch there), test is scored alongside where the data set has its masks.
+SCORED_SPLITS = ("val", "test")
+# The column of a scoring pass's output that counts the images of each batch.
+IMAGES_COLUMN = "images"
+
+
+class StepInputError(FileNotFoundError):
+    """A file or folder a step reads is missing or unreadable (found in the driver, before any
+    worker starts)."""
+
+
+def require_inputs(step: str, inputs: Mapping[str, Path]) -> None:
+    """Raise `StepInputError` naming the first of `inputs` ({what: path}) that is missing or
+    unreadable; a Ray worker would otherwise fail on it, and be retried, minutes later."""
+    for what, path in inputs.items():
+        if not path.exists():
+            problem = "does not exist" if not path.is_symlink() else "is a broken link"
+        elif not os.access(path, os.R_OK):
+            problem = "is not readable"
+        else:
+            continue
+        raise StepInputError(f"{step} needs {what}: {path} {problem}")
+
+
+def scored_splits(rows: Sequence[ManifestRow]) -> list[str]:
+    """The splits of `SCORED_SPLITS` that have rows with pixel ground truth."""
+    return [s for s in SCORED_SPLITS if any(r.split == s and r.mask is not None for r in rows)]
+
+
+def inference_device() -> torch.device:
+    """The device of an inference actor: its GPU where Ray gave it one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def actor_pool_options(ray_config: RayConfig) -> dict[str, Any]:
+    """`map_batches` options that run a model class on an actor pool: one actor per GPU of the
+    cluster with `ray.use_gpu`, else one single-threaded actor per configured CPU."""
+    if ray_config.use_gpu:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        return {"compute": ray.data.ActorPoolStrategy(size=max(1, gpus)), "num_gpus": 1}
+    return {"compute": ray.data.ActorPoolStrategy(size=ray_config.num_cpus), "num_cpus": 1}
 
 
 def total_confusions(
-    dataset: ray.data.Dataset, columns: list[str], num_classes: int
+    dataset: ray.data.Dataset,
+    columns: list[str],
+    num_classes: int,
+    progress: Progress | None = None,
 ) -> dict[str, ConfusionMatrix]:
     """Sum per-batch confusion matrices (flattened [1, K*K] rows in `columns`) over a dataset.
 
     Scoring tasks return their batch's counts instead of per-pixel predictions, so only
-    K*K numbers per batch travel to the driver.
+    K*K numbers per batch travel to the driver; their `IMAGES_COLUMN` advances `progress`.
     """
     totals = {column: ConfusionMatrix(num_classes) for column in columns}
     for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
         for column, matrix in totals.items():
             matrix.counts += batch[column].sum(axis=0).reshape(matrix.counts.shape)
+        if progress is not None:
+            progress.update(int(batch[IMAGES_COLUMN].sum()))
+    if progress is not None:
+        progress.finish()
     return totals

@@ -1,6 +1,7 @@
 """Step 1 on Ray: train the multi-label classifier (and the binary one for an excluded class),
 extract CAMs on an actor pool, refine them with the dense CRF as parallel tasks, write IRNet's
-confident labels, and score CAM and CAM+CRF against the val masks (paper 3.1, Table 2 row 1).
+confident labels, and score CAM and CAM+CRF against the val and test masks (paper 3.1, Table 2
+row 1).
 
 Artifacts in the step folder: `classifier.pt` (weights, class list, per-class thresholds),
 `binary_<class>.pt`, `cams/<id>.npz` (float16 CAMs at `cam_stride` for the kept classes,
@@ -17,18 +18,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray.data
 import torch
 import torch.nn.functional as F
 
 from wsss.platform.config import ClassificationConfig, WsssConfig
+from wsss.platform.console import Progress
 from wsss.platform.crf import refine_labels
 from wsss.platform.data.balance import balance, binary_task_rows, remove_classes
-from wsss.platform.data.pipeline import rows_dataset, to_model_input, training_dataset
+from wsss.platform.data.pipeline import rows_dataset, training_dataset
 from wsss.platform.datasets.images import read_mask, read_rgb, write_palette_png
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
 from wsss.platform.metrics import ConfusionMatrix
-from wsss.platform.steps import total_confusions
+from wsss.platform.steps import (
+    IMAGES_COLUMN,
+    SCORED_SPLITS,
+    actor_pool_options,
+    inference_device,
+    require_inputs,
+    scored_splits,
+    total_confusions,
+)
 from wsss.platform.training import EpochData, TrainOutput, TrainTask, fit
 from wsss.stages.classification.backbones import create_classifier
 from wsss.stages.classification.cam import (
@@ -37,8 +46,10 @@ from wsss.stages.classification.cam import (
     grad_cam,
     multiscale_cam,
     normalise_cams,
+    strided_size,
 )
 from wsss.stages.classification.selection import best_thresholds, macro_f1
+from wsss.stages.normalise import to_model_input
 
 CLASSIFIER_FILE = "classifier.pt"
 
@@ -172,12 +183,15 @@ def train_classifier(
     return spec, output
 
 
-def load_classifier(path: Path) -> tuple[torch.nn.Module, list[int], np.ndarray]:
-    """(model in eval mode, dataset class indices of its outputs, per-class thresholds)."""
-    saved = torch.load(path, weights_only=True)
+def load_classifier(
+    path: Path, device: torch.device | None = None
+) -> tuple[torch.nn.Module, list[int], np.ndarray]:
+    """(model in eval mode on `device` (default CPU), dataset class indices of its outputs,
+    per-class thresholds)."""
+    saved = torch.load(path, weights_only=True, map_location="cpu")
     model = create_classifier(saved["backbone"], len(saved["class_indices"]), None)
     model.load_state_dict(saved["model"])
-    model.eval()
+    model.to(device or torch.device("cpu")).eval()
     return model, list(saved["class_indices"]), np.asarray(saved["thresholds"], np.float32)
 
 
@@ -202,17 +216,18 @@ class CamExtractor:
         torch.set_num_threads(1)
         self.root, self.classes, self.config = Path(root), classes, config
         self.cam_dir = Path(cam_dir)
-        self.models = [load_classifier(Path(f)) for f in model_files]
+        self.device = inference_device()
+        self.models = [load_classifier(Path(f), self.device) for f in model_files]
 
     def _one(self, image_id: str, image_path: str, labels: list[str]) -> float:
         image = read_rgb(self.root / image_path)
-        x = to_model_input(torch.from_numpy(image)[None])[0]
+        x = to_model_input(torch.from_numpy(image)[None].to(self.device))[0]
         labelled = {self.classes.index(label) for label in labels}
         kept: list[tuple[int, torch.nn.Module, int]] = []  # (dataset class, model, output)
         top = 0.0
         for rank, (model, class_indices, thresholds) in enumerate(self.models):
             with torch.no_grad():
-                scores = torch.sigmoid(model(x[None]))[0].numpy()
+                scores = torch.sigmoid(model(x[None]))[0].cpu().numpy()
             if rank == 0:
                 top = float(scores.max()) if scores.size else 0.0
             is_binary = rank > 0
@@ -220,7 +235,7 @@ class CamExtractor:
                 predicted = scores[k] > thresholds[k]
                 if (class_index in labelled) or ((not labels or is_binary) and predicted):
                     kept.append((class_index, model, k))
-        cam_size = self._cam_size(*image.shape[:2])
+        cam_size = strided_size(image.shape[:2], self.config.cam_stride)
         per_model: dict[int, torch.Tensor] = {}
         maps = []
         for _, model, k in kept:
@@ -241,7 +256,7 @@ class CamExtractor:
         cams = torch.stack(maps) if maps else torch.zeros((0, *cam_size))
         if maps:
             cams = normalise_cams(cams, self.config.cam_norm)
-        cams = cams.numpy()
+        cams = cams.cpu().numpy()
         indices = [class_index for class_index, _, _ in kept]
         temporary = self.cam_dir / f".{image_id}.tmp.npz"
         np.savez(
@@ -252,10 +267,6 @@ class CamExtractor:
         )
         temporary.replace(self.cam_dir / f"{image_id}.npz")
         return top
-
-    def _cam_size(self, height: int, width: int) -> tuple[int, int]:
-        stride = self.config.cam_stride
-        return (height - 1) // stride + 1, (width - 1) // stride + 1
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tops = [
@@ -296,6 +307,9 @@ def cam_masks(
     return predicted, keys[_crf_labels(image, to_compact[predicted], len(keys), config)]
 
 
+CAM_METRICS = ("cam", "cam_crf")
+
+
 def refine_and_score(
     batch: dict[str, np.ndarray],
     root: str,
@@ -304,10 +318,14 @@ def refine_and_score(
     cam_dir: str,
     ir_dir: str,
 ) -> dict[str, np.ndarray]:
-    """Dense-CRF task over CAM files: IR labels for train images; for val images, the
-    confusion matrices of CAM and CAM+CRF masks against the ground truth (flattened)."""
-    plain = ConfusionMatrix(num_classes)
-    refined = ConfusionMatrix(num_classes)
+    """Dense-CRF task over CAM files: IR labels for train images; for images of the scored
+    splits, the confusion matrices (flattened, one column per `<metric>_<split>`) of the CAM
+    and CAM+CRF masks against the ground truth."""
+    matrices = {
+        f"{name}_{split}": ConfusionMatrix(num_classes)
+        for name in CAM_METRICS
+        for split in SCORED_SPLITS
+    }
     rows = zip(batch["id"], batch["image"], batch["split"], batch["mask"], strict=True)
     for image_id, image_path, split, mask in rows:
         image = read_rgb(Path(root) / str(image_path))
@@ -318,12 +336,15 @@ def refine_and_score(
                 cams, classes - 1, config.conf_fg_thres, config.conf_bg_thres, refine=crf
             )
             write_palette_png(Path(ir_dir) / f"{image_id}.png", labels)
-        elif isinstance(mask, str):
+        elif split in SCORED_SPLITS and isinstance(mask, str):
             truth = read_mask(Path(root) / mask)
-            cam, cam_crf = cam_masks(image, str(image_id), Path(cam_dir), config)
-            plain.update(cam, truth)
-            refined.update(cam_crf, truth)
-    return {"cam": plain.counts.reshape(1, -1), "cam_crf": refined.counts.reshape(1, -1)}
+            masks = cam_masks(image, str(image_id), Path(cam_dir), config)
+            for name, predicted in zip(CAM_METRICS, masks, strict=True):
+                matrices[f"{name}_{split}"].update(predicted, truth)
+    return {
+        IMAGES_COLUMN: np.array([len(batch["id"])]),
+        **{column: matrix.counts.reshape(1, -1) for column, matrix in matrices.items()},
+    }
 
 
 def _crf_labels(
@@ -342,15 +363,19 @@ def extract_cams(
     step_dir: Path,
     model_files: list[Path],
 ) -> dict[str, Any]:
-    """CAMs for train and val images (actor pool), then CRF, IR labels and CAM metrics (tasks).
+    """CAMs for the train images and those of the scored splits (actor pool), then CRF, IR
+    labels and CAM metrics (tasks).
 
-    Returns {"cam": summary, "cam_crf": summary, "train_top_scores": {id: top score}}: the
-    classifier's highest class score per train image, for step 2's confidence filter.
+    Returns {"metrics": {split: {"cam": summary, "cam_crf": summary}}, "train_top_scores":
+    {id: top score}}: the classifier's highest class score per train image, for step 2's
+    confidence filter.
     """
+    require_inputs("step 1's CAM extraction", {f"the model {f.name}": f for f in model_files})
     cam_dir, ir_dir = step_dir / "cams", step_dir / "ir_labels"
     cam_dir.mkdir(parents=True, exist_ok=True)
     ir_dir.mkdir(parents=True, exist_ok=True)
-    wanted = [r for r in rows if r.split in ("train", "val")]
+    splits = scored_splits(rows)
+    wanted = [r for r in rows if r.split == "train" or r.split in splits]
     extracted = rows_dataset(wanted).map_batches(
         CamExtractor,
         fn_constructor_kwargs={
@@ -362,12 +387,18 @@ def extract_cams(
         },
         batch_size=8,
         batch_format="numpy",
-        # One model per CPU: CAM extraction is compute-bound and each actor uses one thread.
-        compute=ray.data.ActorPoolStrategy(size=config.ray.num_cpus),
-        num_cpus=1,
+        **actor_pool_options(config.ray),
     )
-    tops = extracted.to_pandas()
-    train_tops = tops[tops["split"] == "train"]
+    progress = Progress("[step1] CAMs", len(wanted))
+    train_top_scores: dict[str, float] = {}
+    for batch in extracted.iter_batches(batch_format="numpy", batch_size=None):
+        for image_id, split, top in zip(
+            batch["id"], batch["split"], batch["top_score"], strict=True
+        ):
+            if split == "train":
+                train_top_scores[str(image_id)] = float(top)
+        progress.update(len(batch["id"]))
+    progress.finish()
     scored = rows_dataset(wanted).map_batches(
         refine_and_score,
         fn_kwargs={
@@ -381,11 +412,14 @@ def extract_cams(
         batch_format="numpy",
         num_cpus=1,
     )
-    totals = total_confusions(scored, ["cam", "cam_crf"], len(info.classes))
+    columns = [f"{name}_{split}" for name in CAM_METRICS for split in splits]
+    totals = total_confusions(
+        scored, columns, len(info.classes), Progress("[step1] dense CRF", len(wanted))
+    )
     return {
-        "cam": totals["cam"].summary(info.classes),
-        "cam_crf": totals["cam_crf"].summary(info.classes),
-        "train_top_scores": dict(
-            zip(train_tops["id"], train_tops["top_score"].astype(float), strict=True)
-        ),
+        "metrics": {
+            split: {name: totals[f"{name}_{split}"].summary(info.classes) for name in CAM_METRICS}
+            for split in splits
+        },
+        "train_top_scores": train_top_scores,
     }

@@ -4,8 +4,8 @@
 Training uses only train images whose classifier confidence exceeds `step2.min_confidence`,
 each at every scale of `step2.scales` with the strong augmentation and random crops. Inference
 runs on an actor pool: flip-averaged boundaries, the random walk of each image's CAMs, the
-background threshold, and a palette PNG per image in `pseudo_masks/` (train and val); the val
-masks are scored against the ground truth.
+background threshold, and a palette PNG per image in `pseudo_masks/` (train, val and test);
+the val and test masks are scored against the ground truth.
 """
 
 from __future__ import annotations
@@ -16,27 +16,33 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray.data
 import torch
 import torch.nn.functional as F
 
 from wsss.platform.config import IRNetConfig, WsssConfig
-from wsss.platform.data.pipeline import rows_dataset, to_model_input, training_dataset
+from wsss.platform.console import Progress
+from wsss.platform.data.pipeline import rows_dataset, training_dataset
 from wsss.platform.datasets.images import read_mask, read_rgb, write_palette_png
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
 from wsss.platform.metrics import ConfusionMatrix
-from wsss.platform.steps import total_confusions
+from wsss.platform.steps import (
+    IMAGES_COLUMN,
+    SCORED_SPLITS,
+    actor_pool_options,
+    inference_device,
+    require_inputs,
+    scored_splits,
+    total_confusions,
+)
 from wsss.platform.steps.classification import CLASSIFIER_FILE
 from wsss.platform.training import EpochData, TrainTask, fit
-from wsss.stages.irnet.affinity_labels import affinity_labels
-from wsss.stages.irnet.losses import irnet_loss
+from wsss.stages.irnet.losses import loss_on_ir_labels
 from wsss.stages.irnet.model import IRNet, infer_boundary
-from wsss.stages.irnet.path_index import PathIndex, boundary_to_affinity
 from wsss.stages.irnet.pseudo_masks import propagate_to_mask
+from wsss.stages.normalise import to_model_input
 
 IRNET_FILE = "irnet.pt"
 PSEUDO_MASK_DIR = "pseudo_masks"
-FEATURE_STRIDE = 4
 
 
 def _build(
@@ -44,7 +50,8 @@ def _build(
 ) -> IRNet:
     model = IRNet(backbone, None if classifier_file else weights, freeze_backbone)
     if classifier_file:
-        model.load_classifier_backbone(torch.load(classifier_file, weights_only=True)["model"])
+        saved = torch.load(classifier_file, weights_only=True, map_location="cpu")
+        model.load_classifier_backbone(saved["model"])
     return model
 
 
@@ -56,23 +63,11 @@ def _param_groups(model: IRNet, lr_boundary: float, lr_displacement: float) -> l
     ]
 
 
-@functools.cache
-def _path_index(radius: int, height: int, width: int) -> PathIndex:
-    return PathIndex(radius, (height, width))
-
-
 def _irnet_loss(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], radius: int
 ) -> torch.Tensor:
     boundary, displacement = model(to_model_input(batch["image"]))
-    height, width = boundary.shape[-2:]
-    # IRNet reads its labels at the feature stride, sampling the centre of each 4×4 cell.
-    offset = FEATURE_STRIDE // 2
-    labels = batch["mask"][:, offset::FEATURE_STRIDE, offset::FEATURE_STRIDE][:, :height, :width]
-    path_index = _path_index(radius, height, width)
-    affinity = boundary_to_affinity(torch.sigmoid(boundary[:, 0]), path_index)
-    pair_labels = affinity_labels(labels.cpu().numpy(), path_index)
-    return irnet_loss(affinity, displacement, pair_labels, path_index).total
+    return loss_on_ir_labels(boundary, displacement, batch["mask"], radius).total
 
 
 def train_irnet(
@@ -94,6 +89,10 @@ def train_irnet(
         raise ValueError(
             f"config key step2.crop_size: must be a multiple of 16, got {step2.crop_size}"
         )
+    inputs = {"the IR labels of step 1": ir_label_dir}
+    if step2.backbone_from == "step1_classifier":
+        inputs["step 1's classifier (step2.backbone_from)"] = classifier_file
+    require_inputs("step 2's IRNet training", inputs)
     confident = set(confident_ids)
     train_rows = [
         ManifestRow(r.id, r.image, r.split, r.labels, str(ir_label_dir / f"{r.id}.png"))
@@ -156,7 +155,8 @@ def train_irnet(
 
 
 class PseudoMaskWriter:
-    """Ray Data actor: loads IRNet once; writes each image's pseudo mask, scores val ones."""
+    """Ray Data actor: loads IRNet once; writes each image's pseudo mask and scores those of
+    the scored splits (a flattened confusion matrix per split and batch)."""
 
     def __init__(
         self,
@@ -168,25 +168,25 @@ class PseudoMaskWriter:
         num_classes: int,
     ) -> None:
         torch.set_num_threads(1)
-        saved = torch.load(model_file, weights_only=True)
+        saved = torch.load(model_file, weights_only=True, map_location="cpu")
+        self.device = inference_device()
         self.model = IRNet(saved["backbone"], None, True)
         self.model.load_state_dict(saved["model"])
-        self.model.eval()
+        self.model.to(self.device).eval()
         self.root, self.cam_dir, self.out_dir = Path(root), Path(cam_dir), Path(out_dir)
         self.config, self.num_classes = config, num_classes
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        matrix = ConfusionMatrix(self.num_classes)
-        for image_id, image_path, mask in zip(
-            batch["id"], batch["image"], batch["mask"], strict=True
-        ):
+        matrices = {split: ConfusionMatrix(self.num_classes) for split in SCORED_SPLITS}
+        rows = zip(batch["id"], batch["image"], batch["split"], batch["mask"], strict=True)
+        for image_id, image_path, split, mask in rows:
             image = read_rgb(self.root / str(image_path))
             saved = np.load(self.cam_dir / f"{image_id}.npz")
             with torch.no_grad():
                 boundary = infer_boundary(
-                    self.model, to_model_input(torch.from_numpy(image)[None])[0]
+                    self.model, to_model_input(torch.from_numpy(image)[None].to(self.device))[0]
                 )
-            cams = torch.from_numpy(saved["cams"].astype(np.float32))
+            cams = torch.from_numpy(saved["cams"].astype(np.float32)).to(self.device)
             if cams.shape[-2:] != boundary.shape and len(cams):
                 # CAMs saved at another stride than IRNet's 4 are resampled to its grid.
                 cams = F.interpolate(cams[None], size=boundary.shape, mode="bilinear")[0]
@@ -201,9 +201,12 @@ class PseudoMaskWriter:
                 exp_times=self.config.exp_times,
             )
             write_palette_png(self.out_dir / f"{image_id}.png", pseudo)
-            if isinstance(mask, str):
-                matrix.update(pseudo, read_mask(self.root / mask))
-        return {"confusion": matrix.counts.reshape(1, -1)}
+            if split in matrices and isinstance(mask, str):
+                matrices[split].update(pseudo, read_mask(self.root / mask))
+        return {
+            IMAGES_COLUMN: np.array([len(batch["id"])]),
+            **{split: matrix.counts.reshape(1, -1) for split, matrix in matrices.items()},
+        }
 
 
 def make_pseudo_masks(
@@ -214,12 +217,18 @@ def make_pseudo_masks(
     model_file: Path,
     step_dir: Path,
 ) -> dict[str, Any]:
-    """Pseudo masks for every train and val image with CAMs, from the IRNet in `model_file`;
-    the val masks' metrics."""
+    """Pseudo masks for every image with CAMs (train and the scored splits), from the IRNet in
+    `model_file`; returns {split: metrics} of the scored splits' masks."""
+    require_inputs(
+        "step 2's pseudo masks", {"the trained IRNet": model_file, "step 1's CAMs": cam_dir}
+    )
     out_dir = step_dir / PSEUDO_MASK_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
+    splits = scored_splits(rows)
     wanted = [
-        r for r in rows if r.split in ("train", "val") and (cam_dir / f"{r.id}.npz").is_file()
+        r
+        for r in rows
+        if (r.split == "train" or r.split in splits) and (cam_dir / f"{r.id}.npz").is_file()
     ]
     confusions = rows_dataset(wanted).map_batches(
         PseudoMaskWriter,
@@ -233,11 +242,11 @@ def make_pseudo_masks(
         },
         batch_size=4,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=config.ray.num_cpus),
-        num_cpus=1,
+        **actor_pool_options(config.ray),
     )
-    matrix = total_confusions(confusions, ["confusion"], len(info.classes))["confusion"]
-    return dict(matrix.summary(info.classes))
+    progress = Progress("[step2] pseudo masks", len(wanted))
+    totals = total_confusions(confusions, splits, len(info.classes), progress)
+    return {split: dict(totals[split].summary(info.classes)) for split in splits}
 
 
 def confident_ids(top_scores: dict[str, float], min_confidence: float) -> list[str]:

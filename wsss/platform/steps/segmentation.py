@@ -1,8 +1,9 @@
 """Step 3 on Ray: DeepLabV3+ trained on step 2's pseudo masks, the best epoch by val mIoU,
-scored on the val masks with and without test-time augmentation (paper 3.3, 3.4, 4.1).
+scored on the val and test masks with and without test-time augmentation (paper 3.3, 3.4,
+4.1) in one pass of one actor pool.
 
 Artifacts in the step folder: `segmenter.pt` (weights, encoder, output stride, class list),
-`summary.json`. Predictions for new images go through the same `Segmenter` actor class.
+`summary.json`. Predictions for new images go through the `Segmenter` actor class.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from wsss.platform.config import TTAConfig, WsssConfig
-from wsss.platform.data.pipeline import rows_dataset, to_model_input, training_dataset
+from wsss.platform.config import RayConfig, TTAConfig, WsssConfig
+from wsss.platform.console import Progress
+from wsss.platform.data.pipeline import rows_dataset, training_dataset
 from wsss.platform.datasets.images import (
     IGNORE_INDEX,
     ImageError,
@@ -31,10 +32,19 @@ from wsss.platform.datasets.images import (
 )
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
 from wsss.platform.metrics import ConfusionMatrix
-from wsss.platform.steps import total_confusions
+from wsss.platform.steps import (
+    IMAGES_COLUMN,
+    SCORED_SPLITS,
+    actor_pool_options,
+    inference_device,
+    require_inputs,
+    scored_splits,
+    total_confusions,
+)
 from wsss.platform.training import EpochData, TrainTask, fit
+from wsss.stages.normalise import to_model_input
 from wsss.stages.segmentation.model import create_segmentation_model, load_classifier_encoder
-from wsss.stages.segmentation.render import overlay, side_by_side
+from wsss.stages.segmentation.render import overlay, side_by_side, with_legend
 from wsss.stages.segmentation.tta import predict_labels
 
 logger = logging.getLogger(__name__)
@@ -53,7 +63,8 @@ def _build(
         encoder, num_classes, None if classifier_file else weights, output_stride
     )
     if classifier_file:
-        load_classifier_encoder(model, torch.load(classifier_file, weights_only=True)["model"])
+        saved = torch.load(classifier_file, weights_only=True, map_location="cpu")
+        load_classifier_encoder(model, saved["model"])
     return model
 
 
@@ -95,6 +106,10 @@ def train_segmenter(
     "step1_classifier".
     """
     step3 = config.step3
+    inputs = {"the pseudo masks of step 2": pseudo_mask_dir}
+    if step3.encoder_from == "step1_classifier":
+        inputs["step 1's classifier (step3.encoder_from)"] = classifier_file
+    require_inputs("step 3's DeepLabV3+ training", inputs)
     num_classes = len(info.classes)
     train_rows = [
         ManifestRow(r.id, r.image, r.split, r.labels, str(pseudo_mask_dir / f"{r.id}.png"))
@@ -162,41 +177,36 @@ class Segmenter:
     """Ray Data actor: loads the segmenter once; labels whole images at their own size.
 
     `tta` None predicts with one plain pass; otherwise the mean of softmax over its flips and
-    scales. Input rows need `id` and `image` (a path, absolute or under `root`). With
-    `score=True` rows also need `mask`, and a batch returns its confusion matrix. Otherwise
-    each image's labels are written to `out_dir` as `<id>.png` (palette) and
-    `<id>_overlay.png` (image | overlay), and a batch returns `id` and `error` ("" when
-    written, else why the image could not be read).
+    scales. Input rows need `id` and `image` (a path, absolute or under `root`); each image's
+    labels are written to `out_dir` as `<id>.png` (palette) and `<id>_overlay.png` (image |
+    overlay, above a legend naming the classes drawn), and a batch returns `id` and `error`
+    ("" when written, else why the image could not be read).
     """
 
     def __init__(
-        self,
-        model_file: str,
-        root: str,
-        tta: TTAConfig | None,
-        score: bool = False,
-        out_dir: str | None = None,
+        self, model_file: str, root: str, tta: TTAConfig | None, out_dir: str | None = None
     ) -> None:
         torch.set_num_threads(1)
-        saved = torch.load(model_file, weights_only=True)
+        saved = torch.load(model_file, weights_only=True, map_location="cpu")
         self.classes: list[str] = saved["classes"]
+        self.device = inference_device()
         self.model = create_segmentation_model(
             saved["encoder"], len(self.classes), None, saved["output_stride"]
         )
         self.model.load_state_dict(saved["model"])
-        self.model.eval()
-        self.root, self.score = Path(root), score
+        self.model.to(self.device).eval()
+        self.root, self.tta = Path(root), tta
         self.out_dir = Path(out_dir) if out_dir else None
-        self.scales: Sequence[float] = tta.scales if tta else (1.0,)
-        self.flip = bool(tta and tta.flip)
 
-    def labels(self, image: np.ndarray) -> np.ndarray:
-        """uint8 [H, W] class indices for an RGB uint8 [H, W, 3] image."""
-        x = to_model_input(torch.from_numpy(image)[None])
-        return predict_labels(self.model, x, self.scales, self.flip)[0].numpy().astype(np.uint8)
+    def labels(self, image: np.ndarray, tta: TTAConfig | None = None) -> np.ndarray:
+        """uint8 [H, W] class indices for an RGB uint8 [H, W, 3] image, with `tta` (None: one
+        plain pass)."""
+        x = to_model_input(torch.from_numpy(image)[None].to(self.device))
+        scales = tta.scales if tta else (1.0,)
+        labels = predict_labels(self.model, x, scales, bool(tta and tta.flip))[0]
+        return labels.cpu().numpy().astype(np.uint8)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        matrix = ConfusionMatrix(len(self.classes))
         errors = []
         for index, image_id in enumerate(batch["id"]):
             try:
@@ -205,17 +215,42 @@ class Segmenter:
                 logger.warning("cannot segment %s: %s", image_id, exc)
                 errors.append(exc.reason)
                 continue
-            predicted = self.labels(image)
+            predicted = self.labels(image, self.tta)
             errors.append("")
-            if self.score:
-                matrix.update(predicted, read_mask(self.root / str(batch["mask"][index])))
-            elif self.out_dir is not None:
+            if self.out_dir is not None:
                 write_palette_png(self.out_dir / f"{image_id}.png", predicted)
                 panel = side_by_side(image, overlay(image, predicted))
+                panel = with_legend(panel, predicted, self.classes)
                 Image.fromarray(panel).save(self.out_dir / f"{image_id}_overlay.png")
-        if self.score:
-            return {"confusion": matrix.counts.reshape(1, -1)}
         return {"id": batch["id"], "image": batch["image"], "error": np.array(errors, dtype=object)}
+
+
+class SegmenterScorer:
+    """Ray Data actor: scores the saved segmenter against rows' masks, once per variant ({name:
+    TTA or None}) of one model; a batch returns one flattened confusion matrix per
+    `<name>_<split>` of the scored splits."""
+
+    def __init__(self, model_file: str, root: str, variants: dict[str, TTAConfig | None]) -> None:
+        self.segmenter, self.variants = Segmenter(model_file, root, None), variants
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        num_classes = len(self.segmenter.classes)
+        matrices = {
+            f"{name}_{split}": ConfusionMatrix(num_classes)
+            for name in self.variants
+            for split in SCORED_SPLITS
+        }
+        for image_path, split, mask in zip(
+            batch["image"], batch["split"], batch["mask"], strict=True
+        ):
+            image = read_rgb(self.segmenter.root / str(image_path))
+            truth = read_mask(self.segmenter.root / str(mask))
+            for name, tta in self.variants.items():
+                matrices[f"{name}_{split}"].update(self.segmenter.labels(image, tta), truth)
+        return {
+            IMAGES_COLUMN: np.array([len(batch["id"])]),
+            **{column: matrix.counts.reshape(1, -1) for column, matrix in matrices.items()},
+        }
 
 
 def evaluate_segmenter(
@@ -223,26 +258,32 @@ def evaluate_segmenter(
     info: DatasetInfo,
     rows: list[ManifestRow],
     step_dir: Path,
-    tta: TTAConfig | None,
-    split: str = "val",
-) -> dict[str, Any]:
-    """Table-1 metrics of the saved segmenter on `split`'s masks, with or without TTA."""
-    scored_rows = [r for r in rows if r.split == split and r.mask is not None]
+    variants: dict[str, TTAConfig | None],
+) -> dict[str, dict[str, Any]]:
+    """Table-1 metrics of the saved segmenter on the masks of every scored split, for each
+    variant ({name: TTA or None}) in one pass: {split: {name: summary}}."""
+    model_file = step_dir / SEGMENTER_FILE
+    require_inputs("the evaluation", {"step 3's model": model_file})
+    splits = scored_splits(rows)
+    scored_rows = [r for r in rows if r.split in splits and r.mask is not None]
     confusions = rows_dataset(scored_rows).map_batches(
-        Segmenter,
+        SegmenterScorer,
         fn_constructor_kwargs={
-            "model_file": str(step_dir / SEGMENTER_FILE),
+            "model_file": str(model_file),
             "root": str(info.root),
-            "tta": tta,
-            "score": True,
+            "variants": variants,
         },
         batch_size=8,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=config.ray.num_cpus),
-        num_cpus=1,
+        **actor_pool_options(config.ray),
     )
-    matrix = total_confusions(confusions, ["confusion"], len(info.classes))["confusion"]
-    return dict(matrix.summary(info.classes))
+    progress = Progress(f"[evaluation] DeepLabV3+ on {' and '.join(splits)}", len(scored_rows))
+    columns = [f"{name}_{split}" for name in variants for split in splits]
+    totals = total_confusions(confusions, columns, len(info.classes), progress)
+    return {
+        split: {name: dict(totals[f"{name}_{split}"].summary(info.classes)) for name in variants}
+        for split in splits
+    }
 
 
 def segment_images(
@@ -250,10 +291,11 @@ def segment_images(
     images: ray.data.Dataset,
     out_dir: Path,
     tta: TTAConfig | None,
-    concurrency: int,
+    ray_config: RayConfig,
 ) -> ray.data.Dataset:
     """Segment a dataset of {id, image (absolute path)} rows through an actor pool, writing
-    masks and overlays to `out_dir`; the result has each row's `error` ("" if written)."""
+    masks and overlays to `out_dir` (absolute); the result has each row's `error` ("" if
+    written)."""
     return images.map_batches(
         Segmenter,
         fn_constructor_kwargs={
@@ -264,6 +306,5 @@ def segment_images(
         },
         batch_size=4,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=concurrency),
-        num_cpus=1,
+        **actor_pool_options(ray_config),
     )

@@ -4,13 +4,15 @@ The terms and their weights follow IRNet's ``train_irn.py``; the paper's loss is
 affinity loss and the displacement loss.
 """
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from wsss.stages.irnet.affinity_labels import AffinityLabels
-from wsss.stages.irnet.path_index import PathIndex
+from wsss.stages.irnet.affinity_labels import AffinityLabels, affinity_labels
+from wsss.stages.irnet.model import FEATURE_STRIDE
+from wsss.stages.irnet.path_index import PathIndex, boundary_to_affinity
 
 # IRNet's guard against log(0) and empty label sets; part of the loss values it reports.
 EPS = 1e-5
@@ -107,3 +109,36 @@ def irnet_loss(
     affinity_term = affinity_loss(affinity, labels)
     displacement_term = displacement_loss(displacement, labels, path_index)
     return IRNetLoss(affinity_term + displacement_term, affinity_term, displacement_term)
+
+
+@functools.cache
+def _path_index(radius: int, height: int, width: int) -> PathIndex:
+    return PathIndex(radius, (height, width))
+
+
+def loss_on_ir_labels(
+    boundary_logits: torch.Tensor,
+    displacement: torch.Tensor,
+    ir_labels: np.ndarray | torch.Tensor,
+    radius: int,
+) -> IRNetLoss:
+    """The loss of IRNet's outputs for a batch against its image-resolution IR labels.
+
+    Args:
+        boundary_logits: float ``[B, 1, h, w]`` and displacement ``[B, 2, h, w]``, IRNet's
+            outputs at ``FEATURE_STRIDE``.
+        ir_labels: ``[B, H, W]`` with ``h, w = ceil(H / 4), ceil(W / 4)``: 0 background, a
+            class index, 255 unsure (step 1's confident labels).
+        radius: pairs with squared distance below ``radius²``.
+
+    The labels are read at the feature stride, at the centre of each 4×4 cell (IRNet's
+    sampling); the boundary goes through a sigmoid before the pair affinities.
+    """
+    height, width = boundary_logits.shape[-2:]
+    offset = FEATURE_STRIDE // 2
+    sampled = ir_labels[:, offset::FEATURE_STRIDE, offset::FEATURE_STRIDE][:, :height, :width]
+    if isinstance(sampled, torch.Tensor):
+        sampled = sampled.cpu().numpy()
+    path_index = _path_index(radius, height, width)
+    affinity = boundary_to_affinity(torch.sigmoid(boundary_logits[:, 0]), path_index)
+    return irnet_loss(affinity, displacement, affinity_labels(sampled, path_index), path_index)

@@ -44,6 +44,8 @@ STAGE_NAMES: Final = (
 )
 
 # IRNet's per-stage reduction widths and GroupNorm group counts (ResNet50).
+# Both outputs, and the CAMs and labels read beside them, are at a quarter of the image size.
+FEATURE_STRIDE: Final = 4
 BOUNDARY_WIDTH: Final = 32
 BOUNDARY_GROUPS: Final = 4
 DISPLACEMENT_WIDTHS: Final = (64, 128, 256, 256, 256)

@@ -11,11 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from wsss.stages.classification.cam import cam_to_mask, strided_size
+from wsss.stages.irnet.model import FEATURE_STRIDE
 from wsss.stages.irnet.path_index import INFERENCE_RADIUS
 from wsss.stages.irnet.random_walk import propagate
-
-# Resolution ratio of the CAMs and boundary map to the image (IRNet's stem stride).
-FEATURE_STRIDE = 4
 
 
 def propagate_to_mask(
@@ -43,7 +41,7 @@ def propagate_to_mask(
         class_indices: the C classes' indices in the dataset's class list (background first),
             i.e. their label values, each in [1, 254], in the order of ``cams``.
         boundary: float ``[h, w]`` in [0, 1], class-boundary probabilities
-            (:func:`~wsss.stages.irnet.model.infer_boundary`).
+            (:func:`~wsss.stages.irnet.model.infer_boundary`); the walk runs on its device.
         image_size: ``(H, W)`` of the image.
         bg_threshold: background score in (0, 1); higher keeps less foreground.
         radius, beta, exp_times: random-walk settings, see ``propagate``.
@@ -53,7 +51,9 @@ def propagate_to_mask(
         background when C = 0 or every walked map is zero.
     """
     indices = np.asarray(class_indices, dtype=np.int64).reshape(-1)
-    cam_tensor = torch.as_tensor(cams, dtype=torch.float32)
+    boundary_tensor = torch.as_tensor(boundary, dtype=torch.float32)
+    # The walk runs where the boundary map is (IRNet's device).
+    cam_tensor = torch.as_tensor(cams, dtype=torch.float32, device=boundary_tensor.device)
     if cam_tensor.ndim != 3 or cam_tensor.shape[0] != indices.size:
         raise ValueError(
             f"expected cams [C, h, w] for {indices.size} classes, got {tuple(cam_tensor.shape)}"
@@ -69,9 +69,7 @@ def propagate_to_mask(
     height, width = image_size
     if indices.size == 0:
         return np.zeros((height, width), dtype=np.uint8)
-    walked = propagate(
-        cam_tensor, torch.as_tensor(boundary, dtype=torch.float32), radius, beta, exp_times
-    )
+    walked = propagate(cam_tensor, boundary_tensor, radius, beta, exp_times)
     upsampled = F.interpolate(
         walked[:, None], scale_factor=FEATURE_STRIDE, mode="bilinear", align_corners=False
     )[:, 0, :height, :width]
@@ -79,4 +77,4 @@ def propagate_to_mask(
     # All-zero maps would divide to NaN; left at zero they lose to background everywhere.
     if peak > 0:
         upsampled = upsampled / peak
-    return cam_to_mask(upsampled.numpy(), indices - 1, bg_threshold)
+    return cam_to_mask(upsampled.cpu().numpy(), indices - 1, bg_threshold)

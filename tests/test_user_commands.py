@@ -1,0 +1,230 @@
+"""The commands as the README gives them, typed in a fresh folder through the installed console
+script: what the console shows, the run's log, a step that cannot start, predictions with a
+legend, and the MLflow UI serving the run."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import WSSS, user_environment
+
+from wsss.platform.datasets.images import read_mask, read_rgb, voc_palette
+from wsss.stages.segmentation.render import LEGEND_ROW
+
+# What Ray, torch and Ray Data print that a user reads as failures; none of it may reach the
+# console (it goes to the run's log).
+NOISE = (
+    "core_worker.cc",
+    "Grad strides do not match",
+    "Progress bars disabled",
+    "repeated",
+    "RAY_DEDUP_LOGS",
+    "Traceback",
+    "RayTrainWorker",
+    "TrainController",
+    "INFO",
+    "WARNING",
+)
+PALETTE = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
+
+
+def test_the_console_shows_progress_and_table2_and_nothing_of_rays_noise(smoke_console):
+    for noise in NOISE:
+        assert noise not in smoke_console, noise
+    lines = smoke_console.splitlines()
+    epochs = [line for line in lines if line.startswith("[step3] epoch ")]
+    assert len(epochs) == 6  # once each, from one worker
+    assert "elapsed, ~" in epochs[0] and " left)" in epochs[0]
+    for stage in (
+        "[step1] CAMs 208/208 images in",
+        "[step1] dense CRF 208/208 images in",
+        "[step2] pseudo masks 208/208 images in",
+        "[evaluation] DeepLabV3+ on val and test 48/48 images in",
+    ):
+        assert any(line.startswith(stage) for line in lines), stage
+    assert any(line.startswith("Method step") and "test mIoU" in line for line in lines)
+    assert any(line.startswith("log: ") and line.endswith("runs/smoke/run.log") for line in lines)
+
+
+def test_the_run_log_keeps_everything(smoke_run):
+    runs_dir, _ = smoke_run
+    log = (runs_dir / "smoke" / "run.log").read_text()
+    assert "Started a local Ray instance" in log  # Ray's own lines
+    assert "wsss:INFO [step1] epoch 8/8" in log  # a worker's line, as forwarded by Ray
+    assert "[step3] done in" in log
+
+
+def test_a_missing_input_stops_the_step_at_once_with_one_line_and_the_log(
+    smoke_run, tmp_path: Path
+):
+    """Step 1 is finished in the cache, but the classifier it links to is gone: step 2 says
+    so before Ray Train starts (no worker tries and retries it), in one line that names the
+    step and the file, and points at the log, which holds the traceback."""
+    runs_dir = tmp_path / "runs"
+    for folder in ("datasets", "cache"):
+        (runs_dir / folder).mkdir(parents=True)
+    for dataset in (smoke_run[0] / "datasets").iterdir():
+        # A link: the cache keys hold the dataset's resolved path.
+        (runs_dir / "datasets" / dataset.name).symlink_to(dataset)
+    for pattern in ("classifier-*", "step1-*"):
+        for step in (smoke_run[0] / "cache").glob(pattern):
+            shutil.copytree(step, runs_dir / "cache" / step.name, symlinks=True)
+    (next((runs_dir / "cache").glob("classifier-*")) / "classifier.pt").unlink()
+
+    result = subprocess.run(
+        [str(WSSS), "run", "--preset", "smoke", "--runs-dir", "runs"],
+        cwd=tmp_path,
+        env=user_environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 1
+    assert "[step1] reusing" in result.stdout
+    errors = result.stdout.splitlines()[-2:]
+    assert errors[0].startswith("error: step 2 (IRNet, pseudo masks) failed: StepInputError: ")
+    assert "(step2.backbone_from)" in errors[0] and "classifier.pt is a broken link" in errors[0]
+    log_file = tmp_path / "runs" / "smoke" / "run.log"
+    assert errors[1] == f"the full log is in {log_file}"
+    log = log_file.read_text()
+    assert "Traceback" in log and "RayTrainWorker" not in log
+    assert result.stderr == ""
+
+
+def test_predict_writes_masks_and_overlays_with_a_legend(smoke_run, user_folder: Path):
+    runs_dir, _ = smoke_run
+    dataset = next((runs_dir / "datasets").iterdir())
+    photos = user_folder / "photos"
+    (photos / "nested").mkdir(parents=True)
+    shutil.copy(dataset / "JPEGImages" / "val_000000.jpg", photos / "a.jpg")
+    shutil.copy(dataset / "JPEGImages" / "val_000001.jpg", photos / "nested" / "b.jpg")
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+
+    result = subprocess.run(
+        [str(WSSS), "predict", "runs/smoke", "photos", "--out", "predictions"],
+        cwd=user_folder,
+        env=user_environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "wrote 2 mask(s) and overlay(s) to predictions; 1 unreadable" in result.stdout
+    assert "unreadable" in result.stdout and "broken.jpg" in result.stdout
+    out = user_folder / "predictions"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.png", "a_overlay.png", "nested__b.png", "nested__b_overlay.png", "predict.log",
+    ]  # fmt: skip
+    mask = read_mask(out / "a.png")
+    assert mask.shape == (64, 64) and mask.max() < 7
+    overlay = read_rgb(out / "a_overlay.png")
+    drawn = [int(c) for c in np.unique(mask) if c not in (0, 255)]
+    # image | overlay on top, then one legend line per class drawn, each with its colour.
+    assert overlay.shape[0] == 64 + LEGEND_ROW * max(1, len(drawn))
+    assert overlay.shape[1] >= 2 * 64
+    legend = overlay[64:]
+    for row, class_id in enumerate(drawn):
+        line = legend[row * LEGEND_ROW : (row + 1) * LEGEND_ROW]
+        assert (line == PALETTE[class_id]).all(axis=-1).sum() >= 25, class_id
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _get(base: str, endpoint: str, **query: str) -> dict:
+    url = f"{base}{endpoint}?{urllib.parse.urlencode(query)}"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _post(base: str, endpoint: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        f"{base}{endpoint}", data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def mlflow_ui(smoke_run, user_folder: Path):
+    """`wsss ui` as the README says, venv not activated; yields the UI's base URL."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [str(WSSS), "ui", "--port", str(port)],
+        cwd=user_folder,
+        env=user_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=5):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the MLflow UI did not answer"
+                time.sleep(1)
+        yield base
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def test_the_ui_serves_the_run_its_steps_metrics_panels_and_model(smoke_run, mlflow_ui):
+    _, report = smoke_run
+    experiment = _get(mlflow_ui, "/api/2.0/mlflow/experiments/get-by-name", experiment_name="wsss")
+    experiment = experiment["experiment"]
+    tags = {tag["key"]: tag["value"] for tag in experiment.get("tags", [])}
+    # Opens on the training runs, not on MLflow 3's GenAI views.
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    run_id = report["mlflow"]["run_id"]
+    parent = _get(mlflow_ui, "/api/2.0/mlflow/runs/get", run_id=run_id)["run"]
+    metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+    assert metrics["segmentation_tta_miou"] == pytest.approx(
+        report["steps"]["segmentation_tta"]["miou"]
+    )
+    assert "test_irnet_miou" in metrics
+    children = _post(
+        mlflow_ui,
+        "/api/2.0/mlflow/runs/search",
+        {
+            "experiment_ids": [experiment["experiment_id"]],
+            "filter": f"tags.mlflow.parentRunId = '{run_id}'",
+        },
+    )["runs"]
+    names = {run["info"]["run_name"]: run["info"]["run_id"] for run in children}
+    assert set(names) == {"step1", "step2", "step3"}
+    history = _get(
+        mlflow_ui, "/api/2.0/mlflow/metrics/get-history", run_id=names["step3"], metric_key="loss"
+    )["metrics"]
+    assert len(history) == 6  # one point per epoch
+    panels = _get(mlflow_ui, "/api/2.0/mlflow/artifacts/list", run_id=run_id, path="panels")
+    assert len(panels["files"]) == 4
+    assert all(f["path"].endswith(".png") for f in panels["files"])
+    models = _post(
+        mlflow_ui,
+        "/api/2.0/mlflow/logged-models/search",
+        {"experiment_ids": [experiment["experiment_id"]]},
+    )["models"]
+    assert any(
+        model["info"]["name"] == "segmenter" and model["info"]["source_run_id"] == run_id
+        for model in models
+    )
