@@ -4,6 +4,7 @@ tests read."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -74,3 +75,19 @@ def smoke_run(smoke_console: str, user_folder: Path) -> tuple[Path, dict]:
     """(runs folder, report) of that smoke run."""
     runs_dir = user_folder / "runs"
     return runs_dir, json.loads((runs_dir / "smoke" / "report.json").read_text())
+
+
+@pytest.fixture
+def runs_with_step1(smoke_run, tmp_path: Path) -> Path:
+    """A new runs folder holding the smoke run's finished step 1 (its classifier and CAM
+    folders copied, its dataset linked: the cache keys hold the dataset's resolved path), so
+    a run of the smoke preset there reuses step 1 and starts at step 2."""
+    runs_dir = tmp_path / "runs"
+    for folder in ("datasets", "cache"):
+        (runs_dir / folder).mkdir(parents=True)
+    for dataset in (smoke_run[0] / "datasets").iterdir():
+        (runs_dir / "datasets" / dataset.name).symlink_to(dataset)
+    for pattern in ("classifier-*", "step1-*"):
+        for step in (smoke_run[0] / "cache").glob(pattern):
+            shutil.copytree(step, runs_dir / "cache" / step.name, symlinks=True)
+    return runs_dir

@@ -7,7 +7,6 @@ same runs folder."""
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -219,15 +218,12 @@ def test_merging_binary_cams_reuses_the_trained_classifier_and_adds_the_excluded
 
 
 def test_a_run_killed_during_step2_resumes_and_reports_like_an_uninterrupted_one(
-    smoke_run, tmp_path
+    smoke_run, runs_with_step1
 ):
-    """SIGKILL the driver of a fresh run in step 2, start it again: step 1 is reused, step 2
+    """SIGKILL the driver of a run in step 2, start it again: step 1 is reused, step 2
     resumes in its .partial folder from its last checkpoint, and the report holds the very
     numbers of the uninterrupted smoke run."""
-    runs_dir = tmp_path / "runs"
-    dataset = next((smoke_run[0] / "datasets").iterdir())
-    (runs_dir / "datasets").mkdir(parents=True)
-    shutil.copytree(dataset, runs_dir / "datasets" / dataset.name)  # no need to draw it again
+    runs_dir = runs_with_step1
     command = [sys.executable, "-m", "wsss.cli", "run", "--preset", "smoke",
                "--runs-dir", str(runs_dir)]  # fmt: skip
     process = subprocess.Popen(

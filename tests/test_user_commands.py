@@ -63,26 +63,15 @@ def test_the_run_log_keeps_everything(smoke_run):
     assert "[step3] done in" in log
 
 
-def test_a_missing_input_stops_the_step_at_once_with_one_line_and_the_log(
-    smoke_run, tmp_path: Path
-):
+def test_a_missing_input_stops_the_step_at_once_with_one_line_and_the_log(runs_with_step1):
     """Step 1 is finished in the cache, but the classifier it links to is gone: step 2 says
     so before Ray Train starts (no worker tries and retries it), in one line that names the
     step and the file, and points at the log, which holds the traceback."""
-    runs_dir = tmp_path / "runs"
-    for folder in ("datasets", "cache"):
-        (runs_dir / folder).mkdir(parents=True)
-    for dataset in (smoke_run[0] / "datasets").iterdir():
-        # A link: the cache keys hold the dataset's resolved path.
-        (runs_dir / "datasets" / dataset.name).symlink_to(dataset)
-    for pattern in ("classifier-*", "step1-*"):
-        for step in (smoke_run[0] / "cache").glob(pattern):
-            shutil.copytree(step, runs_dir / "cache" / step.name, symlinks=True)
-    (next((runs_dir / "cache").glob("classifier-*")) / "classifier.pt").unlink()
+    (next((runs_with_step1 / "cache").glob("classifier-*")) / "classifier.pt").unlink()
 
     result = subprocess.run(
         [str(WSSS), "run", "--preset", "smoke", "--runs-dir", "runs"],
-        cwd=tmp_path,
+        cwd=runs_with_step1.parent,
         env=user_environment(),
         capture_output=True,
         text=True,
@@ -93,7 +82,7 @@ def test_a_missing_input_stops_the_step_at_once_with_one_line_and_the_log(
     errors = result.stdout.splitlines()[-2:]
     assert errors[0].startswith("error: step 2 (IRNet, pseudo masks) failed: StepInputError: ")
     assert "(step2.backbone_from)" in errors[0] and "classifier.pt is a broken link" in errors[0]
-    log_file = tmp_path / "runs" / "smoke" / "run.log"
+    log_file = runs_with_step1 / "smoke" / "run.log"
     assert errors[1] == f"the full log is in {log_file}"
     log = log_file.read_text()
     assert "Traceback" in log and "RayTrainWorker" not in log
