@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray.data
-import torch
 from PIL import Image
 
 from wsss.platform.config import AugmentationConfig
@@ -16,7 +15,6 @@ from wsss.platform.data.pipeline import (
     decoded_dataset,
     multi_hot,
     pace_scheduling_loop,
-    to_model_input,
 )
 from wsss.platform.datasets.images import write_palette_png
 from wsss.platform.datasets.manifest import ManifestRow
@@ -45,15 +43,6 @@ def _rows(root: Path, count: int, corrupt: int | None = None) -> list[ManifestRo
 def test_multi_hot_marks_each_label_position():
     assert multi_hot(["person", "dog"], CLASSES).tolist() == [1.0, 0.0, 1.0]
     assert multi_hot([], CLASSES).tolist() == [0.0, 0.0, 0.0]
-
-
-def test_to_model_input_normalises_with_imagenet_statistics():
-    images = torch.full((1, 2, 2, 3), 255, dtype=torch.uint8)
-    x = to_model_input(images)
-    assert x.shape == (1, 3, 2, 2)
-    assert torch.allclose(
-        x[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225])
-    )
 
 
 def test_decode_batch_resizes_pads_and_keeps_masks_aligned(tmp_path: Path):
