@@ -39,9 +39,10 @@ from typing import Any
 from wsss.platform.config import ConfigError, WsssConfig, load_config
 from wsss.platform.console import show_on_console
 from wsss.platform.datasets.manifest import load_dataset
-from wsss.platform.pipeline import STEP_NAMES, config_key, prepare_dataset, run_pipeline
+from wsss.platform.pipeline import STEP_NAMES, prepare_dataset, run_pipeline
 from wsss.platform.ray_cluster import ray_session
 from wsss.platform.steps import classification, segmentation
+from wsss.platform.store import StepStore
 
 ABLATIONS: dict[str, list[str]] = {
     "balance_downsample": ["data.balance=downsample"],
@@ -75,25 +76,28 @@ def planned_configs(
 
 def full_supervision(config: WsssConfig, runs_dir: Path) -> dict[str, float]:
     """The step-3 model trained on the train images' true masks: val and test mIoU without TTA
-    (`val`, `test`) and with it (`val_tta`, `test_tta`). Reused when the same config trained
-    it before (its key leaves out step 2, the TTA and step 1's inference settings, none of
-    which it reads); step 1 of `config`'s weak run must be finished (its classifier may be
-    read)."""
+    (`val`, `test`) and with it (`val_tta`, `test_tta`). A step of the store, `full-<key>`,
+    reused when the same settings trained it before (its key leaves out step 2, the TTA and
+    step 1's inference settings, none of which it reads); step 1 of `config`'s weak run must
+    be finished (its classifier may be read)."""
     dataset_dir = prepare_dataset(config, runs_dir)
     info, rows = load_dataset(dataset_dir)
     oracle = dataset_dir / ORACLE_MASK_DIR
     if not oracle.is_dir():
         raise FileNotFoundError(f"{oracle}: full supervision needs the synthetic set's masks")
-    key = config_key(
-        config.seed,
-        config.data.model_dump(mode="json"),
-        config.step1.model_dump(mode="json", exclude=config.step1.inference_fields),
-        config.step3.model_dump(mode="json", exclude={"tta"}),
+    made_from = {
+        "seed": config.seed,
+        "data": config.data.model_dump(mode="json"),
+        "step1": config.step1.model_dump(mode="json", exclude=config.step1.inference_fields),
+        "step3": config.step3.model_dump(mode="json", exclude={"tta"}),
+        "masks": str(ORACLE_MASK_DIR),
+    }
+    classifier = runs_dir / config.name / "step1" / classification.CLASSIFIER_FILE
+    step_dir, _ = StepStore(runs_dir / "cache").run(
+        "full",
+        made_from,
+        lambda folder: segmentation.train_segmenter(config, info, rows, oracle, classifier, folder),
     )
-    step_dir = runs_dir / "full" / f"{config.name}-{key}"
-    if not (step_dir / segmentation.SEGMENTER_FILE).is_file():
-        classifier = runs_dir / config.name / "step1" / classification.CLASSIFIER_FILE
-        segmentation.train_segmenter(config, info, rows, oracle, classifier, step_dir)
     variants = {"": None, "_tta": config.step3.tta}
     scores = segmentation.evaluate_segmenter(config, info, rows, step_dir, variants)
     return {

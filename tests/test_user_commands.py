@@ -63,11 +63,15 @@ def test_the_run_log_keeps_everything(smoke_run):
     assert "[step3] done in" in log
 
 
-def test_a_missing_input_stops_the_step_at_once_with_one_line_and_the_log(runs_with_step1):
+def test_a_missing_input_stops_the_step_at_once_with_one_line_and_the_log(
+    smoke_run, runs_with_step1
+):
     """Step 1 is finished in the cache, but the classifier it links to is gone: step 2 says
     so before Ray Train starts (no worker tries and retries it), in one line that names the
     step and the file, and points at the log, which holds the traceback."""
-    (next((runs_with_step1 / "cache").glob("classifier-*")) / "classifier.pt").unlink()
+    # The classifier the smoke run's step 1 uses, in the copy.
+    step1 = runs_with_step1 / "cache" / (smoke_run[0] / "smoke" / "step1").resolve().name
+    (step1 / "classifier.pt").resolve().unlink()
 
     result = subprocess.run(
         [str(WSSS), "run", "--preset", "smoke", "--runs-dir", "runs"],

@@ -1,4 +1,8 @@
-"""The `wsss` command: run the pipeline, show configs, make and import datasets."""
+"""The `wsss` command: run the pipeline, sweep it, show configs, make and import datasets.
+
+The commands that run on Ray import the pipeline (Ray, torch, MLflow: seconds) when they run,
+so `wsss --help`, `wsss config` and `wsss data` answer at once.
+"""
 
 from __future__ import annotations
 
@@ -18,15 +22,8 @@ from wsss.platform.datasets.adapters import ADAPTERS, import_dataset
 from wsss.platform.datasets.manifest import DatasetError
 from wsss.platform.datasets.stats import dataset_stats, format_stats
 from wsss.platform.datasets.synthetic import build_synthetic_dataset
-from wsss.platform.pipeline import (
-    LOG_FILE,
-    REPORT_FILE,
-    StepFailedError,
-    format_table2,
-    run_pipeline,
-)
-from wsss.platform.predict import predict_images
-from wsss.platform.tracking import tracking_uri
+from wsss.platform.store import StoreEntry, collect_garbage, store_entries
+from wsss.tune_spaces import space_modules
 
 logger = logging.getLogger("wsss.cli")
 
@@ -123,13 +120,24 @@ def _data_stats(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from wsss.platform.pipeline import (
+        LOG_FILE,
+        REPORT_FILE,
+        StepFailedError,
+        format_table2,
+        run_folder,
+        run_pipeline,
+    )
+
     config = _config(args)
     # Resolved here, where the command starts: Ray workers do not run in this folder.
     runs_dir = args.runs_dir.resolve()
-    run_dir = runs_dir / config.name
-    with capture_console(run_dir / LOG_FILE) as console:
+    with (
+        run_folder(runs_dir, config.name) as run_dir,
+        capture_console(run_dir / LOG_FILE) as console,
+    ):
         try:
-            report = run_pipeline(config, runs_dir)
+            report = run_pipeline(config, runs_dir, run_dir)
         except StepFailedError as exc:
             traceback.print_exc()  # into the log: the console gets one line of it
             logger.error(f"{exc}\nthe full log is in {run_dir / LOG_FILE}")
@@ -140,7 +148,31 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from wsss.platform.sweep import plan_sweep, read_plan, run_sweep
+
+    if args.resume:
+        folder = args.resume.resolve()
+        read_plan(folder)  # a folder that is no sweep's fails here, before any work
+    else:
+        folder = plan_sweep(
+            args.space, _config(args), args.runs_dir, args.num_samples, args.max_concurrent
+        )
+    with capture_console(folder / "tune.log") as console:
+        result = run_sweep(folder)
+        failed = f", {result.failed} failed" if result.failed else ""
+        print(f"\n{result.trials} trial(s){failed}; best first:\n{result.table}", file=console)
+        print("\nsteps built / reused:", file=console)
+        for step, events in sorted(result.builds.items()):
+            counts = ", ".join(f"{k} {v:g}" for k, v in events.items() if k != "build_s")
+            print(f"  {step}: {counts}", file=console)
+        print(f"\nsweep folder: {result.folder} (wsss tune --resume {result.folder})", file=console)
+    return 0
+
+
 def _ui(args: argparse.Namespace) -> int:
+    from wsss.platform.tracking import tracking_uri
+
     uri = tracking_uri(_config(args).tracking, args.runs_dir)
     # The MLflow of this environment, whether or not its folder is on PATH.
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
@@ -150,6 +182,8 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from wsss.platform.predict import predict_images
+
     config = load_config(None, args.run_dir / "config.yaml")
     log_file = args.out.resolve() / "predict.log"
     with capture_console(log_file) as console:
@@ -161,6 +195,50 @@ def _predict(args: argparse.Namespace) -> int:
         )
         for path, reason in summary["unreadable"]:
             print(f"  unreadable {path}: {reason}", file=console)
+    return 0
+
+
+def _made_from_text(made_from: dict | None) -> str:
+    """`data 1a2b3c4d5e6f, seed 0, step1 (20 settings)`: upstream keys and values as they
+    are, config sections by their size."""
+    if made_from is None:
+        return "(no key.json: written by an older wsss)"
+    parts = []
+    for name, value in made_from.items():
+        shown = f"({len(value)} settings)" if isinstance(value, dict) else str(value)
+        parts.append(f"{name} {shown}")
+    return ", ".join(parts)
+
+
+def _entry_rows(entries: list[StoreEntry]) -> list[str]:
+    header = f"{'folder':<32} {'state':<9} {'size':>9}  {'used by':<20} made from"
+    rows = [header]
+    for e in entries:
+        size = f"{e.size_bytes / 1e6:.1f} MB"
+        used = ", ".join(e.used_by) or "-"
+        rows.append(
+            f"{e.folder.parent.name + '/' + e.folder.name:<32} {e.state:<9} {size:>9}  "
+            f"{used:<20} {_made_from_text(e.made_from)}"
+        )
+    return rows
+
+
+def _cache_ls(args: argparse.Namespace) -> int:
+    entries = store_entries(args.runs_dir)
+    if args.json:
+        print(json.dumps([{**vars(e), "folder": str(e.folder)} for e in entries], indent=2))
+    else:
+        print("\n".join(_entry_rows(entries)))
+    return 0
+
+
+def _cache_gc(args: argparse.Namespace) -> int:
+    removed = collect_garbage(args.runs_dir, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    freed = sum(e.size_bytes for e in removed) / 1e6
+    print(f"{verb} {len(removed)} folder(s) no run folder uses ({freed:.1f} MB)")
+    if removed:
+        print("\n".join(_entry_rows(removed)))
     return 0
 
 
@@ -187,6 +265,32 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", type=Path, nargs="+", help="images or folders of images")
     predict.add_argument("--out", type=Path, required=True, help="folder for masks and overlays")
     predict.set_defaults(handler=_predict)
+
+    sweep = commands.add_parser("tune", help="sweep a search space with Ray Tune")
+    sweep.add_argument(
+        "--space", default="table3", help=f"search space: {', '.join(space_modules())}"
+    )
+    _add_config_arguments(sweep, "demo")
+    sweep.add_argument("--runs-dir", type=Path, default=Path("runs"), help="default: ./runs")
+    sweep.add_argument("--num-samples", type=int, help="draws of the space (default: its own)")
+    sweep.add_argument(
+        "--max-concurrent", type=int, help="trials at once (default: as many as fit the cluster)"
+    )
+    sweep.add_argument("--resume", type=Path, help="a sweep folder to carry on")
+    sweep.set_defaults(handler=_tune)
+
+    cache = commands.add_parser("cache", help="list and clean the step store")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
+    ls = cache_commands.add_parser("ls", help="each step folder: what it is and who uses it")
+    ls.add_argument("--runs-dir", type=Path, default=Path("runs"), help="default: ./runs")
+    ls.add_argument("--json", action="store_true", help="print JSON, keys' recipes in full")
+    ls.set_defaults(handler=_cache_ls)
+    gc = cache_commands.add_parser(
+        "gc", help="remove step folders no run folder uses, and dead builders' work folders"
+    )
+    gc.add_argument("--runs-dir", type=Path, default=Path("runs"), help="default: ./runs")
+    gc.add_argument("--dry-run", action="store_true", help="only list what would go")
+    gc.set_defaults(handler=_cache_gc)
 
     config = commands.add_parser("config", help="inspect configs")
     config_commands = config.add_subparsers(dest="config_command", required=True)

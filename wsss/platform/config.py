@@ -238,6 +238,9 @@ class IRNetConfig(StrictModel):
 
 
 class TTAConfig(StrictModel):
+    # Off, the run's final model is the plain pass (Table 3's "TTA: No"); the model trained is
+    # the same, so a sweep over it trains once.
+    enabled: bool = True
     scales: list[float] = [0.5, 1.0, 2.0]
     flip: bool = True
 
@@ -261,6 +264,11 @@ class SegmentationConfig(StrictModel):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(1e-6, ge=0.0)
     tta: TTAConfig = TTAConfig()
+
+    @property
+    def test_time_augmentation(self) -> TTAConfig | None:
+        """The TTA the final model predicts with; None for one plain pass."""
+        return self.tta if self.tta.enabled else None
 
 
 class RayConfig(StrictModel):

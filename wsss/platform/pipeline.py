@@ -1,16 +1,16 @@
-"""`wsss run`: data -> step 1 -> step 2 -> step 3 in one Ray job, with a step cache.
+"""`wsss run`: data -> step 1 -> step 2 -> step 3 in one Ray job, over the step store.
 
-Each step's output is a folder under `runs/cache/`, named by a hash of the config it depends on
-and the keys of its inputs. A step works in `<folder>.partial/` and renames it when complete,
-so a finished step is reused by any later run with the same settings (Tune trials included),
-and a run killed mid-step starts that step again from its `.partial` folder — a training
-step from its last Ray Train checkpoint there. Steps 1 and 2 keep their training in folders of
-their own (`classifier-<key>`, `binary_<class>-<key>`, `irnet-<key>`, linked as `<name>.pt`
-from the step's folder) whose keys leave out the settings only inference reads, so a new CAM,
-CRF or confident-label setting redraws the CAMs with the trained classifiers, and a new IRNet
-threshold or walk setting redraws the pseudo masks with the trained IRNet. The run folder
-(`runs/<name>/`) holds the resolved config, links to the step folders it used, and
-`report.json`; MLflow holds the same.
+Each step's output is a folder under `runs/cache/` (see `wsss.platform.store`), named by a hash
+of what it is made from: the config it depends on and the keys of its inputs. A finished step
+is reused by any later run with the same settings (sweep trials included), a step another
+process is building is waited for, and a run killed mid-step resumes that step from its
+`.partial` folder, a training step from its last Ray Train checkpoint there. Steps 1 and 2 keep
+their training in folders of their own (`classifier-<key>`, `binary_<class>-<key>`,
+`irnet-<key>`, linked as `<name>.pt` from the step's folder) whose keys leave out the settings
+only inference reads, so a new CAM, CRF or confident-label setting redraws the CAMs with the
+trained classifiers, and a new IRNet threshold or walk setting redraws the pseudo masks with
+the trained IRNet. The run folder (`runs/<name>/`) holds the resolved config, links to the
+step folders it used, and `report.json`; MLflow holds the same.
 
 Every step is scored on val (the paper's column; step 3 picks its epoch there) and, where the
 data set has its masks, on test. A step that fails raises `StepFailedError`, which names the
@@ -20,11 +20,11 @@ step and the error that stopped it, whichever Ray worker it came from.
 from __future__ import annotations
 
 import functools
-import hashlib
+import itertools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ import numpy as np
 import ray
 
 from wsss.platform.config import ConfigError, WsssConfig, to_yaml
-from wsss.platform.console import describe_error, format_duration
+from wsss.platform.console import describe_error
 from wsss.platform.datasets.images import read_mask, read_rgb
 from wsss.platform.datasets.manifest import (
     DATASET_FILE,
@@ -47,17 +47,14 @@ from wsss.platform.datasets.synthetic import build_synthetic_dataset
 from wsss.platform.ray_cluster import ray_session
 from wsss.platform.steps import classification, irnet, scored_splits, segmentation
 from wsss.platform.steps.irnet import confident_ids
+from wsss.platform.store import Lease, StepStore, config_key
 from wsss.platform.tracking import Tracker, metric_values
 from wsss.stages.segmentation.render import colorize, side_by_side
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.json"
 LOG_FILE = "run.log"
-# Part of every cache key: raised whenever the code makes different outputs (or summaries) from
-# the same config, so that no folder written by older code is reused.
-CACHE_VERSION = 2
 STEP_TITLES = {
     "data": "data preparation",
     "step1": "step 1 (classifier, CAMs, dense CRF)",
@@ -95,42 +92,9 @@ def _step(step: str) -> Iterator[None]:
         raise StepFailedError(step, exc) from exc
 
 
-def config_key(*parts: Any) -> str:
-    """A short stable hash of JSON-able parts (config sections and upstream keys)."""
-    text = json.dumps([CACHE_VERSION, *parts], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-class StepCache:
-    """Finished step folders under `root`, each named `<step>-<key>`."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-
-    def run(
-        self, step: str, key: str, build: Callable[[Path], dict[str, Any]]
-    ) -> tuple[Path, dict]:
-        """The step's folder and summary: reused if complete, else built (resuming a partial)."""
-        final = self.root / f"{step}-{key}"
-        if (final / SUMMARY_FILE).is_file():
-            logger.info(f"[{step}] reusing {final}")
-            return final, json.loads((final / SUMMARY_FILE).read_text())
-        partial = self.root / f"{step}-{key}.partial"
-        resuming = partial.exists()
-        partial.mkdir(parents=True, exist_ok=True)
-        logger.info(f"[{step}] {'resuming' if resuming else 'starting'} in {partial}")
-        started = time.perf_counter()
-        summary = build(partial)
-        summary["duration_s"] = time.perf_counter() - started
-        write_atomic(partial / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-        partial.rename(final)
-        logger.info(f"[{step}] done in {format_duration(summary['duration_s'])} -> {final}")
-        return final, summary
-
-
 def prepare_dataset(config: WsssConfig, runs_dir: Path) -> Path:
-    """The dataset folder: the synthetic set (drawn once per settings), or `data.root`."""
+    """The dataset folder: the synthetic set (drawn once per settings, by one process however
+    many want it, into `runs_dir/datasets`), or `data.root`."""
     if config.data.source != "synthetic":
         if config.data.root is None or not (config.data.root / DATASET_FILE).is_file():
             raise ConfigError(
@@ -138,13 +102,15 @@ def prepare_dataset(config: WsssConfig, runs_dir: Path) -> Path:
                 f"an imported dataset (wsss data import ... --out DIR), got {config.data.root}"
             )
         return config.data.root
-    key = config_key(config.seed, config.data.synthetic.model_dump(exclude={"workers"}))
-    folder = runs_dir / "datasets" / f"synthetic-{key}"
-    if (folder / DATASET_FILE).is_file():
-        logger.info(f"[data] reusing the synthetic set in {folder}")
-    else:
-        logger.info(f"[data] drawing the synthetic set into {folder}")
-        build_synthetic_dataset(folder, config.data.synthetic, config.seed)
+    made_from = {
+        "seed": config.seed,
+        "synthetic": config.data.synthetic.model_dump(mode="json", exclude={"workers"}),
+    }
+
+    def draw(folder: Path) -> dict[str, Any]:
+        return build_synthetic_dataset(folder, config.data.synthetic, config.seed)
+
+    folder, _ = StepStore(runs_dir / "datasets").run("synthetic", made_from, draw)
     return folder
 
 
@@ -168,30 +134,71 @@ def _train_classifier(
     return {"f1_macro": output.metrics.get("f1_macro"), "history": output.history}
 
 
+def _trained_classifier(
+    config: WsssConfig,
+    info: DatasetInfo,
+    rows: list[ManifestRow],
+    store: StepStore,
+    data_key: str,
+    binary_class: str | None,
+) -> tuple[Path, dict]:
+    """Step 1's classifier (or the binary one for `binary_class`) from the store, trained
+    there unless a run with the same training settings trained it before."""
+    training = config.step1.model_dump(mode="json", exclude=config.step1.inference_fields)
+    made_from: dict[str, Any] = {"data": data_key, "seed": config.seed, "step1": training}
+    if binary_class is not None:
+        # A binary classifier learns its one class on every train image, whatever is excluded.
+        del training["exclude_classes"]
+        made_from["binary_class"] = binary_class
+    return store.run(
+        classification.classifier_name(binary_class),
+        made_from,
+        functools.partial(_train_classifier, config, info, rows, binary_class),
+    )
+
+
+def _data_key(config: WsssConfig, dataset_dir: Path, info: DatasetInfo) -> str:
+    """The key of the data every step reads: the dataset folder, its counts and settings."""
+    return config_key(
+        {
+            "dataset": str(dataset_dir.resolve()),
+            "counts": info.counts,
+            "data": config.data.model_dump(mode="json"),
+        }
+    )
+
+
+def train_classifier_step(config: WsssConfig, runs_dir: Path) -> dict[str, Any]:
+    """Step 1's multi-label classifier alone, through the store (a sweep's trial over step 1's
+    training settings): its summary, with the store's events."""
+    runs_dir = Path(runs_dir).resolve()
+    with ray_session(config.ray):
+        dataset_dir = prepare_dataset(config, runs_dir)
+        info, rows = load_dataset(dataset_dir)
+        store = StepStore(runs_dir / "cache")
+        key = _data_key(config, dataset_dir, info)
+        _, summary = _trained_classifier(config, info, rows, store, key, None)
+    return {**summary, "store": _store_events(store)}
+
+
 def _step1(
     config: WsssConfig,
     info: DatasetInfo,
     rows: list[ManifestRow],
     folder: Path,
-    cache: StepCache,
+    store: StepStore,
     data_key: str,
 ) -> dict:
     """The classifier and, with `merge_binary_cams`, a binary one per excluded class, trained
-    unless the cache holds them with the same training settings (a new CAM, CRF or
+    unless the store holds them with the same training settings (a new CAM, CRF or
     confident-label setting only redraws the CAMs), then this config's CAMs and IR labels."""
-    training = config.step1.model_dump(mode="json", exclude=config.step1.inference_fields)
-    # A binary classifier learns its one class on every train image, whatever is excluded.
-    binary_training = {k: v for k, v in training.items() if k != "exclude_classes"}
-    classifiers: dict[str | None, str] = {None: config_key(data_key, config.seed, training)}
-    if config.step1.merge_binary_cams:
-        for name in config.step1.exclude_classes:
-            classifiers[name] = config_key(data_key, config.seed, binary_training, name)
+    classes = [None, *(config.step1.exclude_classes if config.step1.merge_binary_cams else [])]
     model_files, trained = [], {}
-    for binary_class, key in classifiers.items():
-        name = classification.classifier_name(binary_class)
-        trained_folder, trained[binary_class] = cache.run(
-            name, key, functools.partial(_train_classifier, config, info, rows, binary_class)
+    for binary_class in classes:
+        trained_folder, trained[binary_class] = _trained_classifier(
+            config, info, rows, store, data_key, binary_class
         )
+        name = classification.classifier_name(binary_class)
         model_files.append(_link_trained_model(folder, trained_folder, f"{name}.pt"))
     scores = classification.extract_cams(config, info, rows, folder, model_files)
     return {
@@ -210,15 +217,16 @@ def _step2(
     rows: list[ManifestRow],
     step1: tuple[Path, dict],
     folder: Path,
-    cache: StepCache,
-    training_key: str,
+    store: StepStore,
+    step1_key: str,
 ) -> dict:
-    """IRNet, trained unless the cache holds one with the same training settings (a new
+    """IRNet, trained unless the store holds one with the same training settings (a new
     threshold or walk setting only redraws the masks), then this config's pseudo masks."""
     step1_folder, step1_summary = step1
-    trained_folder, trained = cache.run(
+    training = config.step2.model_dump(mode="json", exclude=config.step2.inference_fields)
+    trained_folder, trained = store.run(
         "irnet",
-        training_key,
+        {"step1": step1_key, "step2": training},
         lambda irnet_folder: irnet.train_step2(
             config, info, rows, step1_folder, step1_summary, irnet_folder
         ),
@@ -247,11 +255,39 @@ def _panels(
         cam_dir = folders["step1"] / "cams"
         cam, cam_crf = classification.cam_masks(image, row.id, cam_dir, config.step1)
         irnet_mask = read_mask(folders["step2"] / irnet.PSEUDO_MASK_DIR / f"{row.id}.png")
-        predicted = segmenter.labels(image, config.step3.tta)
+        predicted = segmenter.labels(image, config.step3.test_time_augmentation)
         truth = read_mask(info.root / row.mask)
         masks = [cam, cam_crf, irnet_mask, predicted, truth]
         panels.append((row.id, side_by_side(image, *(colorize(m) for m in masks))))
     return panels
+
+
+def _link_folder(link: Path, folder: Path) -> None:
+    """`link` (in a run folder) pointing at `folder`, replacing an earlier run's link: what the
+    run used, and what `wsss cache gc` keeps."""
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(folder, target_is_directory=True)
+
+
+@contextmanager
+def run_folder(runs_dir: Path, name: str) -> Iterator[Path]:
+    """`runs_dir/<name>`, held for the block; while another live run holds it, the first free
+    of `<name>-2`, `<name>-3`, ...: two runs started at once never share a folder, even with
+    the same name. A run that died frees its folder when its lease runs out."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for number in itertools.count(1):
+        folder = runs_dir / (name if number == 1 else f"{name}-{number}")
+        lease = Lease(folder.with_name(folder.name + ".lock"))
+        if lease.acquire():
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if number > 1:
+            logger.warning(f"another run holds {runs_dir / name}: this one writes to {folder}")
+        yield folder
+    finally:
+        lease.release()
 
 
 def _require_gpus(config: WsssConfig) -> None:
@@ -262,57 +298,64 @@ def _require_gpus(config: WsssConfig) -> None:
         )
 
 
-def run_pipeline(config: WsssConfig, runs_dir: Path) -> dict[str, Any]:
-    """Run the whole method; returns the report (also written to runs/<name>/report.json).
+def run_pipeline(
+    config: WsssConfig, runs_dir: Path, run_dir: Path | None = None, track: bool = True
+) -> dict[str, Any]:
+    """Run the whole method; returns the report (also written to the run folder's
+    report.json).
 
     `runs_dir` may be relative: it is resolved here, once, as every path handed to a Ray
-    worker must be absolute (workers do not run in this process's folder).
+    worker must be absolute (workers do not run in this process's folder). `run_dir` is a
+    folder held with `run_folder`, which is called here when it is None. With `track` off
+    nothing goes to MLflow (a sweep's trial: its driver logs the trials).
     """
     runs_dir = Path(runs_dir).resolve()
-    run_dir = runs_dir / config.name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir is None:
+        with run_folder(runs_dir, config.name) as claimed:
+            return run_pipeline(config, runs_dir, claimed, track)
     write_atomic(run_dir / "config.yaml", to_yaml(config))
     timings: dict[str, float] = {}
-    tracker = Tracker(config.tracking, runs_dir)
-    cache = StepCache(runs_dir / "cache")
+    tracker = Tracker(config.tracking, runs_dir, enabled=track)
+    store = StepStore(runs_dir / "cache")
     with (
         ray_session(config.ray) as where,
         tracker.parent_run(config.name, config.model_dump(mode="json")) as run_id,
     ):
-        logger.info(f"[wsss] run {config.name} on {where}; MLflow run {run_id} at {tracker.uri}")
+        tracked = f"MLflow run {run_id} at {tracker.uri}" if track else "not in MLflow"
+        logger.info(f"[wsss] run {config.name} on {where}; {tracked}")
         _require_gpus(config)
         started = time.perf_counter()
         with _step("data"):
             dataset_dir = prepare_dataset(config, runs_dir)
             info, rows = load_dataset(dataset_dir)
+        _link_folder(run_dir / "dataset", dataset_dir)
         timings["data"] = time.perf_counter() - started
         splits = scored_splits(rows)
-        data_key = config_key(
-            str(dataset_dir.resolve()), info.counts, config.data.model_dump(mode="json")
-        )
-
-        step_keys = {
-            "step1": config_key(data_key, config.seed, config.step1.model_dump(mode="json"))
+        data_key = _data_key(config, dataset_dir, info)
+        made_from = {"step1": {"data": data_key, "seed": config.seed}}
+        made_from["step1"]["step1"] = config.step1.model_dump(mode="json")
+        made_from["step2"] = {
+            "step1": config_key(made_from["step1"]),
+            "step2": config.step2.model_dump(mode="json"),
         }
-        step2_settings = config.step2.model_dump(mode="json")
-        irnet_training = config.step2.model_dump(mode="json", exclude=config.step2.inference_fields)
-        step_keys["irnet"] = config_key(step_keys["step1"], irnet_training)
-        step_keys["step2"] = config_key(step_keys["step1"], step2_settings)
-        step3_settings = config.step3.model_dump(mode="json", exclude={"tta"})
-        step_keys["step3"] = config_key(step_keys["step2"], step3_settings)
+        made_from["step3"] = {
+            "step2": config_key(made_from["step2"]),
+            # TTA is evaluation only: every TTA setting reads the same trained model.
+            "step3": config.step3.model_dump(mode="json", exclude={"tta"}),
+        }
 
         folders: dict[str, Path] = {}
         summaries: dict[str, dict] = {}
         builders = {
-            "step1": lambda folder: _step1(config, info, rows, folder, cache, data_key),
+            "step1": lambda folder: _step1(config, info, rows, folder, store, data_key),
             "step2": lambda folder: _step2(
                 config,
                 info,
                 rows,
                 (folders["step1"], summaries["step1"]),
                 folder,
-                cache,
-                step_keys["irnet"],
+                store,
+                made_from["step2"]["step1"],
             ),
             "step3": lambda folder: segmentation.train_segmenter(
                 config,
@@ -329,26 +372,20 @@ def run_pipeline(config: WsssConfig, runs_dir: Path) -> dict[str, Any]:
                 _step(step),
                 tracker.step_run(step, sections[step].model_dump(mode="json")),
             ):
-                folders[step], summaries[step] = cache.run(step, step_keys[step], build)
+                folders[step], summaries[step] = store.run(step, made_from[step], build)
                 timings[step] = summaries[step]["duration_s"]
                 tracker.log_history(summaries[step].get("history", []))
                 for split, metrics in summaries[step].get("metrics", {}).items():
                     for name, summary in metrics.items():
                         tracker.log_metrics(metric_values(summary, _metric_prefix(name, split)))
-                link = run_dir / step
-                if link.is_symlink() or link.exists():
-                    link.unlink()
-                link.symlink_to(folders[step], target_is_directory=True)
+                _link_folder(run_dir / step, folders[step])
 
         started = time.perf_counter()
         with _step("evaluation"):
-            scores = segmentation.evaluate_segmenter(
-                config,
-                info,
-                rows,
-                folders["step3"],
-                {"segmentation": None, "segmentation_tta": config.step3.tta},
-            )
+            variants = {"segmentation": None}
+            if config.step3.tta.enabled:
+                variants["segmentation_tta"] = config.step3.tta
+            scores = segmentation.evaluate_segmenter(config, info, rows, folders["step3"], variants)
             steps = {
                 split: {
                     **summaries["step1"]["metrics"][split],
@@ -380,12 +417,25 @@ def run_pipeline(config: WsssConfig, runs_dir: Path) -> dict[str, Any]:
             "split": "val",
             "test_steps": steps.get("test", {}),
             "timings_s": timings,
+            "store": _store_events(store),
+            "run_dir": str(run_dir),
             "mlflow": {"tracking_uri": tracker.uri, "run_id": run_id},
         }
         tracker.log_dict(report, "report.json")
         tracker.log_dict(table2(report), "table2.json")
     write_atomic(run_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _store_events(store: StepStore) -> dict[str, dict[str, float]]:
+    """{step: {"built" | "resumed" | "reused": count, "build_s": seconds}} of this run's
+    steps (`build_s` where it built or resumed one)."""
+    events: dict[str, dict[str, float]] = {}
+    for (step, event), count in sorted(store.events.items()):
+        events.setdefault(step, {})[event] = count
+    for step, seconds in store.build_seconds.items():
+        events[step]["build_s"] = seconds
+    return events
 
 
 def _metric_prefix(name: str, split: str) -> str:
@@ -414,6 +464,7 @@ def format_table2(report: dict[str, Any]) -> str:
     width = max(len(k) for k in rows)
     lines = [f"{'Method step':<{width}}" + "".join(f"  {s + ' mIoU':>9}" for s in splits)]
     for title, row in rows.items():
-        cells = "".join(f"  {row[s]:9.2f}" if s in row else f"  {'':>9}" for s in splits)
-        lines.append(f"{title:<{width}}{cells}")
+        if row:  # a row the run did not make (TTA off) is left out
+            cells = "".join(f"  {row[s]:9.2f}" if s in row else f"  {'':>9}" for s in splits)
+            lines.append(f"{title:<{width}}{cells}")
     return "\n".join(lines)

@@ -54,7 +54,11 @@ def predict_images(
     written, unreadable = 0, []
     with ray_session(config.ray):
         results = segment_images(
-            model_file, ray.data.from_items(rows), out_dir, config.step3.tta, config.ray
+            model_file,
+            ray.data.from_items(rows),
+            out_dir,
+            config.step3.test_time_augmentation,
+            config.ray,
         )
         for batch in results.iter_batches(batch_format="numpy", batch_size=None):
             for path, error in zip(batch["image"], batch["error"], strict=True):

@@ -48,12 +48,12 @@ def ray_session(config: RayConfig) -> Iterator[str]:
     otherwise starts a local cluster and shuts it down afterwards. Inside an already
     initialised Ray (a job driver, a test session) it reuses that connection.
     """
-    if ray.is_initialized():
-        yield "the current Ray connection"
-        return
     data_context = ray.data.DataContext.get_current()
     data_context.enable_progress_bars = False
     data_context.print_on_execution_start = False
+    if ray.is_initialized():
+        yield "the current Ray connection"
+        return
     address = config.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(

@@ -16,6 +16,7 @@ from typing import Any
 import mlflow
 import mlflow.pytorch
 import numpy as np
+from mlflow.exceptions import MlflowException
 
 from wsss.platform.config import TrackingConfig
 
@@ -62,10 +63,17 @@ def metric_values(summary: Mapping[str, Any], prefix: str) -> dict[str, float]:
 
 
 class Tracker:
-    """A thin layer over MLflow's fluent API for one pipeline run and its step runs."""
+    """A thin layer over MLflow's fluent API for one pipeline run and its step runs.
 
-    def __init__(self, config: TrackingConfig, runs_dir: Path) -> None:
-        self.uri = tracking_uri(config, runs_dir)
+    A disabled tracker (`enabled=False`: a sweep's trial, whose numbers the sweep's driver
+    logs) logs nothing; its runs have no id.
+    """
+
+    def __init__(self, config: TrackingConfig, runs_dir: Path, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.uri = tracking_uri(config, runs_dir) if enabled else None
+        if not enabled:
+            return
         mlflow.set_tracking_uri(self.uri)
         if mlflow.get_experiment_by_name(config.experiment) is None:
             # Without a location MLflow puts artifacts in ./mlruns of whatever the current
@@ -73,45 +81,64 @@ class Tracker:
             # A tracking server given by URI chooses its own artifact store.
             local = self.uri == _default_uri(runs_dir)
             location = (Path(runs_dir) / ARTIFACT_DIR).resolve().as_uri() if local else None
-            mlflow.create_experiment(config.experiment, artifact_location=location)
+            try:
+                mlflow.create_experiment(config.experiment, artifact_location=location)
+            except MlflowException as exc:
+                # Another run, started at the same time, created it first.
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
         mlflow.set_experiment(config.experiment)
         mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
     @contextmanager
-    def parent_run(self, name: str, params: Mapping[str, Any]) -> Iterator[str]:
-        with mlflow.start_run(run_name=name) as run:
-            mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
+    def parent_run(
+        self, name: str, params: Mapping[str, Any], run_id: str | None = None
+    ) -> Iterator[str | None]:
+        """A top-level run (`run_id`: continue that one) with `params` flattened."""
+        if not self.enabled:
+            yield None
+            return
+        with mlflow.start_run(run_id=run_id, run_name=None if run_id else name) as run:
+            if run_id is None:
+                mlflow.log_params(_param_values(params))
             yield run.info.run_id
 
     @contextmanager
-    def step_run(self, name: str, params: Mapping[str, Any]) -> Iterator[str]:
+    def step_run(self, name: str, params: Mapping[str, Any]) -> Iterator[str | None]:
+        if not self.enabled:
+            yield None
+            return
         with mlflow.start_run(run_name=name, nested=True) as run:
-            mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
+            mlflow.log_params(_param_values(params))
             yield run.info.run_id
 
-    @staticmethod
-    def log_history(history: list[dict[str, Any]], prefix: str = "") -> None:
+    def log_history(self, history: list[dict[str, Any]], prefix: str = "") -> None:
         """Per-epoch training metrics, with the epoch as MLflow's step."""
-        for row in history:
+        for row in history if self.enabled else ():
             epoch = int(row.get("epoch", 0))
             mlflow.log_metrics(
                 {f"{prefix}{k}": float(v) for k, v in row.items() if k != "epoch"}, step=epoch
             )
 
-    @staticmethod
-    def log_metrics(values: Mapping[str, float]) -> None:
-        mlflow.log_metrics(dict(values))
+    def log_metrics(self, values: Mapping[str, float]) -> None:
+        if self.enabled:
+            mlflow.log_metrics(dict(values))
 
-    @staticmethod
-    def log_image(image: np.ndarray, artifact_file: str) -> None:
-        mlflow.log_image(image, artifact_file=artifact_file)
+    def log_image(self, image: np.ndarray, artifact_file: str) -> None:
+        if self.enabled:
+            mlflow.log_image(image, artifact_file=artifact_file)
 
-    @staticmethod
-    def log_dict(values: Mapping[str, Any], artifact_file: str) -> None:
-        mlflow.log_dict(dict(values), artifact_file)
+    def log_dict(self, values: Mapping[str, Any], artifact_file: str) -> None:
+        if self.enabled:
+            mlflow.log_dict(dict(values), artifact_file)
 
-    @staticmethod
-    def log_model(model: Any, name: str) -> None:
+    def log_text(self, text: str, artifact_file: str) -> None:
+        if self.enabled:
+            mlflow.log_text(text, artifact_file)
+
+    def log_model(self, model: Any, name: str) -> None:
+        if not self.enabled:
+            return
         # Explicit requirements: inferring them imports and inspects the whole environment.
         # Pickle format: MLflow's default (pt2) traces the graph and needs an input example.
         mlflow.pytorch.log_model(
@@ -120,3 +147,8 @@ class Tracker:
             pip_requirements=["torch", "segmentation-models-pytorch"],
             serialization_format="pickle",
         )
+
+
+def _param_values(params: Mapping[str, Any]) -> dict[str, str]:
+    """MLflow params: flattened keys, values as text (MLflow keeps 500 characters)."""
+    return {k: str(v)[:500] for k, v in flatten(params).items()}

@@ -33,6 +33,8 @@ import ray.data
 import ray.train
 import ray.train.torch
 import torch
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.trainable.trainable_fn_utils import _in_tune_session
 from torch import nn
 
 from wsss.platform.config import RayConfig
@@ -314,8 +316,10 @@ def fit(
     """Train `task` with a `TorchTrainer` over `ray_config.num_workers` workers.
 
     Checkpoints go to `storage/run_name`; starting again with the same arguments resumes from
-    the latest one.
+    the latest one. Inside a Ray Tune trial every epoch's metrics are reported to Tune too
+    (its schedulers stop weak trials on them).
     """
+    callbacks = [TuneReportCallback()] if _in_tune_session() else []
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"task": task},
@@ -332,6 +336,7 @@ def fit(
             # Ray Train's INFO lines (a "Reporting training result" per worker per epoch) would
             # bury the epoch lines; warnings and errors still show.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks,
         ),
     )
     result = trainer.fit()
