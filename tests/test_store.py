@@ -5,6 +5,7 @@ The builds here are small programs that wait for the test's go-ahead (a file the
 creates), so the test decides when a build is under way and when it ends."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -88,10 +89,12 @@ def test_two_processes_wanting_one_step_build_it_once(tmp_path: Path):
     assert sorted(p.name for p in root.iterdir()) == [folder.name]  # no lock, no partial
 
 
-def test_a_dead_builders_lease_runs_out_and_the_next_process_resumes_its_work(tmp_path: Path):
+def test_a_killed_builder_is_taken_over_at_once_and_its_work_resumed(tmp_path: Path):
+    """Its lock names a process of this host that no longer runs: the next process takes
+    over without waiting out the (long) lease, and resumes the work folder."""
     root, marks = tmp_path / "cache", tmp_path / "marks"
     marks.mkdir()
-    dead = _builder(root, marks, lease_s=1.0)
+    dead = _builder(root, marks, lease_s=600.0)
     _wait_for(lambda: (marks / f"started-{dead.pid}").exists(), "the build to start")
     os.kill(dead.pid, signal.SIGKILL)
     dead.wait(timeout=30)
@@ -99,12 +102,29 @@ def test_a_dead_builders_lease_runs_out_and_the_next_process_resumes_its_work(tm
     assert json.loads(lock.read_text())["pid"] == dead.pid  # left behind, as after a crash
 
     (marks / "go").touch()
-    output, result = _result(_builder(root, marks, lease_s=1.0))
-    assert "lease of" in output and "ran out" in output
+    output, result = _result(_builder(root, marks, lease_s=600.0))
+    assert f"process {dead.pid} no longer runs; taking over" in output
     assert "[irnet] resuming in" in output
     assert result["summary"]["resumed"] is True  # the dead builder's work folder was kept
     assert len((marks / "builds").read_text().splitlines()) == 2
     assert sorted(p.name for p in root.iterdir()) == [Path(result["folder"]).name]
+
+
+def test_a_lock_from_another_node_is_taken_only_when_its_lease_runs_out(tmp_path: Path, caplog):
+    """Whether a process on another node runs cannot be asked: only the heartbeat tells."""
+    path = tmp_path / "step.lock"
+    path.write_text(json.dumps({"host": "another-node", "pid": 4_000_000, "token": "theirs"}))
+    lease = Lease(path, lease_s=30.0)
+    assert not lease.acquire()
+    stale = time.time() - 31.0
+    os.utime(path, (stale, stale))
+    with caplog.at_level(logging.WARNING, logger="wsss"):
+        assert lease.acquire()
+    try:
+        assert "process 4000000 on another-node, but its lease ran out (31s" in caplog.text
+        assert lease.holder()["token"] == lease.owner["token"]
+    finally:
+        lease.release()
 
 
 def test_a_live_lease_is_never_taken_and_only_its_owner_releases_it(tmp_path: Path):

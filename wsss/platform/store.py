@@ -12,7 +12,8 @@ builds in `<step>-<key>.partial/` and publishes by renaming that folder, which i
 process that finds the lock held waits for the folder and then reuses it. A lock whose
 heartbeat is older than the lease belongs to a dead owner: the next process removes it (under
 a second exclusive file, so only one does) and resumes the owner's `.partial` folder, a
-training step from its last Ray Train checkpoint there.
+training step from its last Ray Train checkpoint there. An owner on the same host whose process
+is gone is dead at once: a run killed and started again resumes without waiting out the lease.
 """
 
 from __future__ import annotations
@@ -55,12 +56,26 @@ def _age(path: Path) -> float | None:
         return None
 
 
+def _process_runs(pid: Any) -> bool:
+    """Whether a process with this id runs on this host (a malformed id counts as running,
+    leaving the decision to the lease)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Lease:
     """An exclusive lock file with a heartbeat: held while its modification time is recent.
 
-    `acquire` returns a held lease, or None when another live owner holds it; a lock older
-    than `lease_s` is removed first (its owner is dead). The heartbeat renews the time every
-    quarter lease until `release`.
+    `acquire` takes the lock (True) unless a live owner holds it (False); a lock older than
+    `lease_s`, or held by a process of this host that no longer runs, is removed first (its
+    owner is dead). The heartbeat renews the time every quarter lease until `release`.
     """
 
     def __init__(self, path: Path, lease_s: float = DEFAULT_LEASE_S) -> None:
@@ -99,9 +114,20 @@ class Lease:
         self._heartbeat.start()
         return True
 
-    def _remove_if_stale(self) -> None:
+    def _why_dead(self) -> str | None:
+        """Why the lock's owner is dead, or None while it may be alive (or nobody holds it)."""
         age = _age(self.path)
-        if age is None or age <= self.lease_s:
+        if age is None:
+            return None
+        if age > self.lease_s:
+            return f"its lease ran out ({age:.0f}s without a heartbeat)"
+        holder = self.holder() or {}
+        if holder.get("host") == self.owner["host"] and not _process_runs(holder.get("pid")):
+            return f"process {holder.get('pid')} no longer runs"
+        return None
+
+    def _remove_if_stale(self) -> None:
+        if self._why_dead() is None:
             return
         # Two processes may both see the lock stale; the one that creates this file decides,
         # after looking again, so a lock renewed or re-taken meanwhile is never removed.
@@ -114,14 +140,11 @@ class Lease:
         except FileExistsError:
             return
         try:
-            age = _age(self.path)
-            if age is not None and age > self.lease_s:
-                dead = self.holder()
+            why = self._why_dead()
+            if why is not None:
+                dead = _describe_owner(self.holder())
                 self.path.unlink(missing_ok=True)
-                logger.warning(
-                    f"{self.path.name}: the lease of {dead} ran out ({age:.0f}s without a "
-                    "heartbeat); taking over"
-                )
+                logger.warning(f"{self.path.name}: held by {dead}, but {why}; taking over")
         finally:
             referee.unlink(missing_ok=True)
 
