@@ -91,7 +91,7 @@ def test_step1_trials_are_stopped_early_by_asha_on_val_f1():
     assert space.trial == "classifier" and space.metric == "f1_macro"
     scheduler = space.scheduler(base)
     assert isinstance(scheduler, ASHAScheduler)
-    assert scheduler._max_t == base.step1.epochs
+    assert scheduler._max_t == base.step1.epochs + 1  # the epochs and the closing report
 
 
 @pytest.mark.parametrize(

@@ -221,3 +221,4 @@ def show_on_console(stream: TextIO | None = None) -> None:
     handler.setFormatter(_ConsoleFormatter())
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    logger.propagate = False  # once: libraries may have given the root logger a handler too

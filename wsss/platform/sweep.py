@@ -406,6 +406,11 @@ def run_sweep(folder: Path) -> SweepResult:
     )  # fmt: skip
 
 
+def _trial_folder_name(trial: Any) -> str:
+    """Tune's folder of a trial: its name (Tune's default adds every parameter)."""
+    return str(trial)
+
+
 def _run_tune(
     space: SearchSpace,
     base_raw: dict[str, Any],
@@ -448,6 +453,7 @@ def _run_tune(
                 scheduler=scheduler,
                 metric=space.metric if scheduler else None,
                 mode=space.mode if scheduler else None,
+                trial_dirname_creator=_trial_folder_name,
             ),
             run_config=tune.RunConfig(
                 name=plan.name,
