@@ -78,16 +78,17 @@ def smoke_run(smoke_console: str, user_folder: Path) -> tuple[Path, dict]:
 
 
 @pytest.fixture
-def runs_with_step1(smoke_run, tmp_path: Path) -> Path:
-    """A new runs folder holding the smoke run's finished step 1 (its classifier and CAM
-    folders copied, its dataset linked: the cache keys hold the dataset's resolved path), so
-    a run of the smoke preset there reuses step 1 and starts at step 2."""
+def runs_without_step2(smoke_run, tmp_path: Path) -> Path:
+    """A new runs folder holding the smoke run's store but step 2 (its classifier, CAM and
+    DeepLabV3+ folders copied, its dataset linked: the keys hold the dataset's resolved path),
+    so a run of the smoke preset there reuses step 1, builds step 2 and, as step 2's settings
+    are the smoke run's, reuses step 3."""
     runs_dir = tmp_path / "runs"
     for folder in ("datasets", "cache"):
         (runs_dir / folder).mkdir(parents=True)
     for dataset in (smoke_run[0] / "datasets").iterdir():
         (runs_dir / "datasets" / dataset.name).symlink_to(dataset)
-    for pattern in ("classifier-*", "step1-*"):
+    for pattern in ("classifier-*", "step1-*", "step3-*"):
         for step in (smoke_run[0] / "cache").glob(pattern):
             shutil.copytree(step, runs_dir / "cache" / step.name, symlinks=True)
     return runs_dir

@@ -64,18 +64,18 @@ def test_the_run_log_keeps_everything(smoke_run):
 
 
 def test_a_missing_input_stops_the_step_at_once_with_one_line_and_the_log(
-    smoke_run, runs_with_step1
+    smoke_run, runs_without_step2
 ):
     """Step 1 is finished in the cache, but the classifier it links to is gone: step 2 says
     so before Ray Train starts (no worker tries and retries it), in one line that names the
     step and the file, and points at the log, which holds the traceback."""
     # The classifier the smoke run's step 1 uses, in the copy.
-    step1 = runs_with_step1 / "cache" / (smoke_run[0] / "smoke" / "step1").resolve().name
+    step1 = runs_without_step2 / "cache" / (smoke_run[0] / "smoke" / "step1").resolve().name
     (step1 / "classifier.pt").resolve().unlink()
 
     result = subprocess.run(
         [str(WSSS), "run", "--preset", "smoke", "--runs-dir", "runs"],
-        cwd=runs_with_step1.parent,
+        cwd=runs_without_step2.parent,
         env=user_environment(),
         capture_output=True,
         text=True,
@@ -86,7 +86,7 @@ def test_a_missing_input_stops_the_step_at_once_with_one_line_and_the_log(
     errors = result.stdout.splitlines()[-2:]
     assert errors[0].startswith("error: step 2 (IRNet, pseudo masks) failed: StepInputError: ")
     assert "(step2.backbone_from)" in errors[0] and "classifier.pt is a broken link" in errors[0]
-    log_file = runs_with_step1 / "smoke" / "run.log"
+    log_file = runs_without_step2 / "smoke" / "run.log"
     assert errors[1] == f"the full log is in {log_file}"
     log = log_file.read_text()
     assert "Traceback" in log and "RayTrainWorker" not in log
