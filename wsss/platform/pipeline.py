@@ -55,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 REPORT_FILE = "report.json"
 LOG_FILE = "run.log"
+# The steps a run builds through the store, in order (each config section of that name).
+PIPELINE_STEPS = ("step1", "step2", "step3")
 STEP_TITLES = {
     "data": "data preparation",
     "step1": "step 1 (classifier, CAMs, dense CRF)",
@@ -366,13 +368,12 @@ def run_pipeline(
                 folder,
             ),
         }
-        sections = {"step1": config.step1, "step2": config.step2, "step3": config.step3}
-        for step, build in builders.items():
+        for step in PIPELINE_STEPS:
             with (
                 _step(step),
-                tracker.step_run(step, sections[step].model_dump(mode="json")),
+                tracker.step_run(step, getattr(config, step).model_dump(mode="json")),
             ):
-                folders[step], summaries[step] = store.run(step, made_from[step], build)
+                folders[step], summaries[step] = store.run(step, made_from[step], builders[step])
                 timings[step] = summaries[step]["duration_s"]
                 tracker.log_history(summaries[step].get("history", []))
                 for split, metrics in summaries[step].get("metrics", {}).items():
@@ -398,12 +399,13 @@ def run_pipeline(
             for split, metrics in steps.items():
                 for name, summary in metrics.items():
                     tracker.log_metrics(metric_values(summary, _metric_prefix(name, split)))
-            segmenter = segmentation.Segmenter(
-                str(folders["step3"] / segmentation.SEGMENTER_FILE), str(info.root), None
-            )
-            for image_id, panel in _panels(info, rows, config, folders, segmenter):
-                tracker.log_image(panel, f"panels/{image_id}.png")
-            tracker.log_model(segmenter.model, "segmenter")
+            if tracker.enabled:  # what only MLflow shows: not drawn for a sweep's trial
+                segmenter = segmentation.Segmenter(
+                    str(folders["step3"] / segmentation.SEGMENTER_FILE), str(info.root), None
+                )
+                for image_id, panel in _panels(info, rows, config, folders, segmenter):
+                    tracker.log_image(panel, f"panels/{image_id}.png")
+                tracker.log_model(segmenter.model, "segmenter")
 
         top_scores = summaries["step1"]["train_top_scores"]
         report = {
