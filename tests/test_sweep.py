@@ -69,7 +69,7 @@ def test_every_shipped_space_fits_every_preset(preset):
 
 
 def test_an_unknown_space_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match="unknown search space 'tabel3'; valid spaces: irnet"):
+    with pytest.raises(ConfigError, match="unknown search space 'tabel3'; available: irnet"):
         get_space("tabel3", load_config("smoke"))
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from wsss.platform.config import ConfigError, WsssConfig
+from wsss.registry import Registry
 
 if TYPE_CHECKING:
     from ray.tune.schedulers import TrialScheduler
@@ -47,19 +48,12 @@ class SearchSpace:
 
 
 SpaceBuilder = Callable[[WsssConfig], SearchSpace]
-_SPACES: dict[str, SpaceBuilder] = {}
+_SPACES: Registry[SpaceBuilder] = Registry("search space")
 
 
 def register_space(name: str) -> Callable[[SpaceBuilder], SpaceBuilder]:
     """Register `builder(base_config) -> SearchSpace` under `name`."""
-
-    def add(builder: SpaceBuilder) -> SpaceBuilder:
-        if name in _SPACES:
-            raise ValueError(f"search space {name!r} is registered twice")
-        _SPACES[name] = builder
-        return builder
-
-    return add
+    return _SPACES.register(name)
 
 
 def space_modules() -> list[str]:
@@ -74,13 +68,15 @@ def _discover() -> None:
 
 def space_names() -> list[str]:
     _discover()
-    return sorted(_SPACES)
+    return _SPACES.names()
 
 
 def get_space(name: str, base: WsssConfig) -> SearchSpace:
     """The space `name` for `base`; an unknown name raises ConfigError listing the valid
     ones."""
-    names = space_names()
-    if name not in _SPACES:
-        raise ConfigError(f"unknown search space {name!r}; valid spaces: {', '.join(names)}")
-    return _SPACES[name](base)
+    _discover()
+    try:
+        builder = _SPACES.get(name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return builder(base)

@@ -18,27 +18,22 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights, ResNet50_Weights, VGG16_Weights
 
+from wsss.registry import Registry
+
 Weights = Literal["imagenet"] | None
 BackboneBuilder = Callable[[int, Weights], "CamClassifier"]
 
-_BACKBONES: dict[str, BackboneBuilder] = {}
+_BACKBONES: Registry[BackboneBuilder] = Registry("backbone")
 
 
 def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
     """Add a builder `(num_classes, weights) -> CamClassifier` to the registry under `name`."""
-
-    def add(builder: BackboneBuilder) -> BackboneBuilder:
-        if name in _BACKBONES:
-            raise ValueError(f"backbone {name!r} is already registered")
-        _BACKBONES[name] = builder
-        return builder
-
-    return add
+    return _BACKBONES.register(name)
 
 
 def available_backbones() -> list[str]:
     """Registered backbone names, sorted."""
-    return sorted(_BACKBONES)
+    return _BACKBONES.names()
 
 
 def features_state(classifier_state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -61,15 +56,12 @@ def create_classifier(
     on first use); `None` leaves every layer randomly initialised. Unknown names raise ValueError
     listing the registered ones.
     """
-    if name not in _BACKBONES:
-        raise ValueError(
-            f"unknown backbone {name!r}; available: {', '.join(available_backbones())}"
-        )
+    builder = _BACKBONES.get(name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if weights not in ("imagenet", None):
         raise ValueError(f"weights must be 'imagenet' or None, got {weights!r}")
-    return _BACKBONES[name](num_classes, weights)
+    return builder(num_classes, weights)
 
 
 class CamClassifier(nn.Module):
