@@ -13,10 +13,13 @@ The driver's Ray Data progress bars are off: the platform counts its stages itse
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import ray
 import ray.data
@@ -26,11 +29,12 @@ from wsss.platform.config import RayConfig
 GIB = 1024**3
 DEFAULT_DASHBOARD_PORT = 8265
 WORKER_SETUP_HOOK = "wsss.platform.console.setup_worker_logging"
+DASHBOARD_PORT_LOCK = "wsss-dashboard-port.lock"
 
 
-def _dashboard_port(host: str) -> int:
-    """Ray's usual dashboard port if nothing listens on it at `host`, else a free one."""
-    for port in (DEFAULT_DASHBOARD_PORT, 0):
+def _dashboard_port(host: str, preferred: int = DEFAULT_DASHBOARD_PORT) -> int:
+    """`preferred` if nothing listens on it at `host`, else a free port."""
+    for port in (preferred, 0):
         with socket.socket() as probe:
             try:
                 probe.bind((host, port))
@@ -38,6 +42,20 @@ def _dashboard_port(host: str) -> int:
                 continue
             return probe.getsockname()[1]
     raise OSError(f"no free TCP port for the dashboard on {host}")
+
+
+@contextmanager
+def reserved_dashboard_port(host: str, preferred: int = DEFAULT_DASHBOARD_PORT) -> Iterator[int]:
+    """A free dashboard port at `host`, chosen under a lock every wsss run on this machine
+    takes; start the dashboard inside the block. A port is only seen as taken once something
+    listens on it, so two runs started at once would otherwise both choose the same one and
+    the slower one's dashboard would fail to bind."""
+    lock = os.open(Path(tempfile.gettempdir()) / DASHBOARD_PORT_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield _dashboard_port(host, preferred)
+    finally:
+        os.close(lock)  # releases the lock
 
 
 @contextmanager
@@ -66,27 +84,27 @@ def ray_session(config: RayConfig) -> Iterator[str]:
         finally:
             ray.shutdown()
         return
-    dashboard_port = _dashboard_port(config.dashboard_host)
-    context = ray.init(
-        address="local",
-        num_cpus=config.num_cpus,
-        _memory=int(config.memory_gb * GIB),
-        object_store_memory=int(config.object_store_gb * GIB),
-        _node_ip_address=config.node_ip_address,
-        include_dashboard=True,
-        dashboard_host=config.dashboard_host,
-        dashboard_port=dashboard_port,
-        # Ray's state API (which Ray Train's PlacementGroupCleaner polls for its controller)
-        # otherwise finds the cluster through /tmp/ray/ray_current_cluster, which only
-        # `ray start` writes: from a cluster started here it reached a stale cluster or none,
-        # and the cleaner died with a GCS-timeout traceback in every training run.
-        runtime_env={
-            "env_vars": {
-                "RAY_API_SERVER_ADDRESS": f"http://{config.dashboard_host}:{dashboard_port}"
+    with reserved_dashboard_port(config.dashboard_host) as dashboard_port:
+        context = ray.init(
+            address="local",
+            num_cpus=config.num_cpus,
+            _memory=int(config.memory_gb * GIB),
+            object_store_memory=int(config.object_store_gb * GIB),
+            _node_ip_address=config.node_ip_address,
+            include_dashboard=True,
+            dashboard_host=config.dashboard_host,
+            dashboard_port=dashboard_port,
+            # Ray's state API (which Ray Train's PlacementGroupCleaner polls for its controller)
+            # otherwise finds the cluster through /tmp/ray/ray_current_cluster, which only
+            # `ray start` writes: from a cluster started here it reached a stale cluster or none,
+            # and the cleaner died with a GCS-timeout traceback in every training run.
+            runtime_env={
+                "env_vars": {
+                    "RAY_API_SERVER_ADDRESS": f"http://{config.dashboard_host}:{dashboard_port}"
+                },
+                "worker_process_setup_hook": WORKER_SETUP_HOOK,
             },
-            "worker_process_setup_hook": WORKER_SETUP_HOOK,
-        },
-    )
+        )
     try:
         yield (
             f"a local Ray cluster ({config.num_cpus} CPUs, {config.memory_gb:g} GiB, "
