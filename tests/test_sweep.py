@@ -23,6 +23,7 @@ from wsss.platform.sweep import (
     PLAN_FILE,
     SWEEPS_DIR,
     check_space,
+    check_tune_state,
     nested,
     table_rows,
     trial_capacity,
@@ -112,6 +113,15 @@ def test_a_cluster_too_small_for_one_trial_is_refused():
         trial_capacity(load_config("smoke"), {"CPU": 1})
 
 
+def test_a_resume_refuses_tune_state_that_does_not_read_back(tmp_path: Path):
+    check_tune_state(tmp_path)  # nothing saved yet: Tune starts the sweep, nothing is lost
+    (tmp_path / "experiment_state-2026-12-01_10-00-00.json").write_text('{"trial_data": []}')
+    check_tune_state(tmp_path)
+    (tmp_path / "experiment_state-2026-12-01_11-00-00.json").write_text("")  # killed mid-copy
+    with pytest.raises(ConfigError, match=r"11-00-00\.json is incomplete"):
+        check_tune_state(tmp_path)
+
+
 def test_the_table_puts_the_best_first_and_failures_last():
     space = get_space("table3", load_config("smoke"))
     params = {
@@ -190,6 +200,8 @@ def test_a_sweep_killed_mid_way_resumes_without_rerunning_or_logging_twice(
     assert "2 trial(s); best first:" in resumed.stdout
     assert done.stat().st_mtime_ns == done_at  # the finished trial was not run again
     assert len(list((folder / "trials").glob("*/report.json"))) == 2
+    # Tune restored the experiment (a restart would name its trials after a new experiment).
+    assert len({trial.name.rsplit("_", 1)[0] for trial in (folder / "trials").iterdir()}) == 1
     irnet = next(line for line in resumed.stdout.splitlines() if line.startswith("  irnet:"))
     assert "built" not in irnet  # IRNet was trained once, by the smoke run
 

@@ -54,6 +54,7 @@ PLAN_FILE = "sweep.json"
 TRIALS_DIR = "trials"
 TRIAL_TAG = "wsss.tune_trial_id"
 TRIAL_MEMORY = 64 * 1024**2
+TUNE_STATE_PATTERN = "experiment_state-*.json"
 # Fault injection for the resume test: the driver dies, as if killed, once this many trials
 # have finished and Tune has saved the experiment.
 EXIT_AFTER_TRIALS_ENV = "WSSS_SWEEP_EXIT_AFTER_TRIALS"
@@ -248,8 +249,11 @@ class SweepTracker(tune.Callback):
         logger.warning(f"[tune] trial {trial} failed with {_param_text(trial.config)}")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        # After the step's save of the experiment: what finished is on disk.
         if self.exit_after is not None and self.finished >= self.exit_after:
+            # Tune has just saved the experiment and copies it into the sweep's folder in the
+            # background (its trials share the experiment's syncer); dying during that copy
+            # leaves an empty state file, which no resume can read.
+            trials[0].storage.syncer.wait()
             logger.warning(f"[tune] {EXIT_AFTER_TRIALS_ENV}={self.exit_after}: the driver dies")
             os._exit(9)
 
@@ -320,6 +324,23 @@ class SweepResult:
     parent_run_id: str | None
 
 
+def check_tune_state(folder: Path) -> None:
+    """Tune's newest saved state in a sweep's folder must read back: where it does not (the
+    driver killed while Tune copied it there), Tune would start the sweep over under new trial
+    names, running and logging every trial again."""
+    states = sorted(Path(folder).glob(TUNE_STATE_PATTERN))
+    if not states:
+        return  # killed before Tune saved anything: starting over loses nothing
+    try:
+        json.loads(states[-1].read_text())
+    except ValueError:
+        raise ConfigError(
+            f"--resume {folder}: Tune's saved state {states[-1].name} is incomplete (the "
+            "sweep's driver died while Tune wrote it), so the sweep cannot be resumed; start "
+            "it again with `wsss tune`: the steps its trials finished come from the store"
+        ) from None
+
+
 def read_plan(folder: Path) -> SweepPlan:
     """The plan of the sweep in `folder` (for `--resume`)."""
     if not (Path(folder) / PLAN_FILE).is_file():
@@ -364,6 +385,8 @@ def run_sweep(folder: Path) -> SweepResult:
     plan = read_plan(folder)
     runs_dir = folder.parent.parent
     resuming = tune.Tuner.can_restore(str(folder))
+    if resuming:
+        check_tune_state(folder)
     base_raw = plan.config
     base = validate(base_raw)
     space = get_space(plan.space, base)
