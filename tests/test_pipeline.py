@@ -20,9 +20,18 @@ from mlflow.tracking import MlflowClient
 
 from wsss.platform.datasets.images import read_mask, read_rgb
 from wsss.platform.datasets.manifest import load_dataset
-from wsss.platform.pipeline import REPORT_FILE, format_table2, run_pipeline, table2
+from wsss.platform.pipeline import (
+    REPORT_FILE,
+    _data_key,
+    _step1,
+    format_table2,
+    run_pipeline,
+    steps_made_from,
+    table2,
+)
 from wsss.platform.steps.classification import CamExtractor
 from wsss.platform.steps.segmentation import SEGMENTER_FILE, Segmenter
+from wsss.platform.store import StepStore
 
 STEPS = ("cam", "cam_crf", "irnet", "segmentation", "segmentation_tta")
 
@@ -218,23 +227,27 @@ def test_merging_binary_cams_reuses_the_trained_classifier_and_adds_the_excluded
 ):
     """A step-1 inference setting (here the paper's binary classifier for the excluded class,
     its CAMs merged) keeps the trained multi-label classifier; the excluded class's CAM is then
-    kept for every val image labelled with it, where the smoke run kept it for none."""
+    kept for every val image labelled with it, where the smoke run kept it for none. Step 1
+    alone, as the pipeline runs it: steps 2 and 3 only read its CAMs."""
     runs_dir, first = smoke_run
     changed = smoke_config.model_copy(deep=True)
     changed.step1.merge_binary_cams = True
-    # Steps 2 and 3 run again on the new CAMs; one epoch each is enough for what is checked.
-    changed.step2.epochs = changed.step3.epochs = 1
-    changed.name = "smoke-binary"
+    dataset_dir = (runs_dir / "smoke" / "dataset").resolve()
+    info, rows = load_dataset(dataset_dir)
+    store = StepStore(runs_dir / "cache")
+    data_key = _data_key(changed, dataset_dir, info)
     with caplog.at_level(logging.INFO, logger="wsss"):
-        report = run_pipeline(changed, runs_dir)
+        step1, summary = store.run(
+            "step1",
+            steps_made_from(changed, data_key)["step1"],
+            lambda folder: _step1(changed, info, rows, folder, store, data_key),
+        )
     out = _logged(caplog)
-    assert "[classifier] reusing" in out
-    assert "[binary_person] starting" in out and "[step1] starting" in out
-    step1, step1_before = runs_dir / "smoke-binary" / "step1", runs_dir / "smoke" / "step1"
+    assert "[classifier] reusing" in out and "[binary_person] starting" in out
+    step1_before = runs_dir / "smoke" / "step1"
     assert (step1 / "classifier.pt").resolve() == (step1_before / "classifier.pt").resolve()
-    assert (step1 / "binary_person.pt").is_file()
-    assert report["classifier"] == first["classifier"]
-    info, rows = load_dataset(next((runs_dir / "datasets").iterdir()))
+    assert (step1 / "binary_person.pt").resolve().is_file()
+    assert summary["f1_macro"] == first["classifier"]["f1_macro"]
     person = info.classes.index("person")
     labelled = [r.id for r in rows if r.split == "val" and "person" in r.labels]
     assert labelled

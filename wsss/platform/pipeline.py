@@ -170,6 +170,28 @@ def _data_key(config: WsssConfig, dataset_dir: Path, info: DatasetInfo) -> str:
     )
 
 
+def steps_made_from(config: WsssConfig, data_key: str) -> dict[str, dict[str, Any]]:
+    """What each of `PIPELINE_STEPS` is keyed by in the store: its settings and the key of the
+    step before it (step 1: the data's)."""
+    made_from: dict[str, dict[str, Any]] = {
+        "step1": {
+            "data": data_key,
+            "seed": config.seed,
+            "step1": config.step1.model_dump(mode="json"),
+        }
+    }
+    made_from["step2"] = {
+        "step1": config_key(made_from["step1"]),
+        "step2": config.step2.model_dump(mode="json"),
+    }
+    made_from["step3"] = {
+        "step2": config_key(made_from["step2"]),
+        # TTA is evaluation only: every TTA setting reads the same trained model.
+        "step3": config.step3.model_dump(mode="json", exclude={"tta"}),
+    }
+    return made_from
+
+
 def train_classifier_step(config: WsssConfig, runs_dir: Path) -> dict[str, Any]:
     """Step 1's multi-label classifier alone, through the store (a sweep's trial over step 1's
     training settings): its summary, with the store's events."""
@@ -334,17 +356,7 @@ def run_pipeline(
         timings["data"] = time.perf_counter() - started
         splits = scored_splits(rows)
         data_key = _data_key(config, dataset_dir, info)
-        made_from = {"step1": {"data": data_key, "seed": config.seed}}
-        made_from["step1"]["step1"] = config.step1.model_dump(mode="json")
-        made_from["step2"] = {
-            "step1": config_key(made_from["step1"]),
-            "step2": config.step2.model_dump(mode="json"),
-        }
-        made_from["step3"] = {
-            "step2": config_key(made_from["step2"]),
-            # TTA is evaluation only: every TTA setting reads the same trained model.
-            "step3": config.step3.model_dump(mode="json", exclude={"tta"}),
-        }
+        made_from = steps_made_from(config, data_key)
 
         folders: dict[str, Path] = {}
         summaries: dict[str, dict] = {}
