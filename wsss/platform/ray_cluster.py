@@ -50,7 +50,10 @@ def reserved_dashboard_port(host: str, preferred: int = DEFAULT_DASHBOARD_PORT) 
     takes; start the dashboard inside the block. A port is only seen as taken once something
     listens on it, so two runs started at once would otherwise both choose the same one and
     the slower one's dashboard would fail to bind."""
-    lock = os.open(Path(tempfile.gettempdir()) / DASHBOARD_PORT_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    # Read-only: flock needs no write access, so every user on the machine can take the lock
+    # on the file whoever created it.
+    path = Path(tempfile.gettempdir()) / DASHBOARD_PORT_LOCK
+    lock = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield _dashboard_port(host, preferred)
