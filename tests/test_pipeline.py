@@ -4,13 +4,13 @@ The shared smoke run is the README's main command as a user types it (see confte
 tests that change a setting run the pipeline in this process, on the shared cluster, over the
 same runs folder."""
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from wsss.platform.pipeline import (
 from wsss.platform.steps.classification import CamExtractor
 from wsss.platform.steps.segmentation import SEGMENTER_FILE, Segmenter
 from wsss.platform.store import StepStore
+from wsss.platform.training import EXIT_AFTER_CHECKPOINT_ENV
 
 STEPS = ("cam", "cam_crf", "irnet", "segmentation", "segmentation_tta")
 
@@ -259,32 +260,35 @@ def test_merging_binary_cams_reuses_the_trained_classifier_and_adds_the_excluded
 def test_a_run_killed_during_step2_resumes_and_reports_like_an_uninterrupted_one(
     smoke_run, runs_without_step2
 ):
-    """SIGKILL the driver of a run in step 2, start it again: step 1 is reused, step 2
-    resumes in its .partial folder from its last checkpoint (its killed owner's lease taken
-    over at once, the run folder too), and the report holds the very numbers of the
+    """The driver of a run dies (SIGKILL, injected once Ray Train has registered step 2's
+    checkpoint of epoch 1), and the run is started again: step 1 is reused, step 2 resumes in
+    its .partial folder after epoch 1 (its killed owner's lease taken over at once, the run
+    folder too) and does not redo that epoch, and the report holds the very numbers of the
     uninterrupted smoke run."""
     runs_dir = runs_without_step2
     command = [sys.executable, "-m", "wsss.cli", "run", "--preset", "smoke",
                "--runs-dir", str(runs_dir)]  # fmt: skip
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        command,
+        env={**os.environ, EXIT_AFTER_CHECKPOINT_ENV: "step2:1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
-    seen = []
-    for line in process.stdout:
-        seen.append(line)
-        if "[step2] starting" in line:
-            time.sleep(8)  # into IRNet training
-            os.killpg(process.pid, signal.SIGKILL)
-            break
-    process.wait(timeout=60)
-    assert any("[step2] starting" in line for line in seen), "".join(seen[-20:])
-    partial = list((runs_dir / "cache").glob("step2-*.partial"))
-    assert len(partial) == 1
+    killed, _ = process.communicate(timeout=900)
+    with contextlib.suppress(ProcessLookupError):  # whatever outlived its driver
+        os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == -signal.SIGKILL, killed[-3000:]
+    assert "[step2] epoch 2/4" not in killed, killed[-3000:]
+    assert len(list((runs_dir / "cache").glob("step2-*.partial"))) == 1
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "[step1] reusing" in again.stdout
     assert "[step2] resuming" in again.stdout and "[step2] waiting" not in again.stdout
+    assert "[step2] resuming after epoch 1 from" in again.stdout
+    assert "[step2] epoch 1/4" not in again.stdout and "[step2] epoch 4/4" in again.stdout
     assert "[step3] reusing" in again.stdout  # the very pseudo masks: the same step-3 key
     report = json.loads((runs_dir / "smoke" / REPORT_FILE).read_text())
     uninterrupted = smoke_run[1]

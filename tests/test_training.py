@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from wsss.platform.config import RayConfig
-from wsss.platform.training import EpochData, TrainTask, fit
+from wsss.platform.training import EpochData, TrainTask, fit, registered_epoch
 
 ROWS = 128
 STEPS_PER_EPOCH = 4  # 128 rows / (16 per batch * 2 workers)
@@ -35,8 +35,12 @@ def _mse(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return ((model(batch["x"]).squeeze(1) - batch["y"]) ** 2).mean()
 
 
-def _mse_dying_once(model: nn.Module, batch: dict[str, torch.Tensor], folder: str) -> torch.Tensor:
-    """Counts batches in `folder`; the worker process dies once, in its 6th batch (epoch 2)."""
+def _mse_dying_once(
+    model: nn.Module, batch: dict[str, torch.Tensor], folder: str, run_folder: str
+) -> torch.Tensor:
+    """Counts batches in `folder`; a worker process dies once, mid-epoch 2 (the 11th batch of
+    both workers), after Ray Train has registered epoch 1's checkpoint of `run_folder`, as
+    it would have in any real epoch."""
     counter = Path(folder) / f"batches-{os.getpid()}"
     count = int(counter.read_text()) + 1 if counter.exists() else 1
     # Written whole through a rename: the other worker reads these files at any moment.
@@ -46,8 +50,8 @@ def _mse_dying_once(model: nn.Module, batch: dict[str, torch.Tensor], folder: st
     marker = Path(folder) / "died"
     if total >= 11 and not marker.exists():
         marker.write_text("x")
-        # Let the controller register epoch 1's checkpoint, as it would in any real epoch.
-        time.sleep(3)
+        while registered_epoch(Path(run_folder)) < 1:
+            time.sleep(0.05)
         os._exit(1)
     return _mse(model, batch)
 
@@ -116,7 +120,9 @@ def test_training_lowers_the_loss_and_evaluates_every_val_row(ray_cluster, tmp_p
 def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_path: Path):
     folder = tmp_path / "counts"
     folder.mkdir()
-    loss = functools.partial(_mse_dying_once, folder=str(folder))
+    loss = functools.partial(
+        _mse_dying_once, folder=str(folder), run_folder=str(tmp_path / "dying")
+    )
     output = fit(_task(loss, 3), RayConfig(), tmp_path, "dying")
     assert (folder / "died").exists()
     assert [row["epoch"] for row in output.history] == [1, 2, 3]
@@ -129,3 +135,18 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_path:
     for name, weights in uninterrupted.model_state.items():
         assert torch.equal(output.model_state[name], weights), name
     assert output.history[-1]["loss"] == uninterrupted.history[-1]["loss"]
+
+
+def _batch_normed() -> nn.Module:
+    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+
+
+def test_training_never_hands_batch_norm_a_batch_of_one(ray_cluster, tmp_path: Path):
+    """66 rows on 2 workers with batches of 16: each worker's share, 33, ends in a batch of one,
+    which BatchNorm in training mode refuses (a ValueError that failed every retry)."""
+    task = _task(_mse, 1)
+    task.build_model = _batch_normed
+    task.train_data = EpochData(task.train_data.items[:66], _from_items, seed=0)
+    output = fit(task, RayConfig(), tmp_path, "batch_of_one", max_failures=0)
+    assert [row["epoch"] for row in output.history] == [1]
+    assert np.isfinite(output.history[0]["loss"])

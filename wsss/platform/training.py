@@ -18,10 +18,13 @@ the uninterrupted run would have (on the same hardware and number of workers).
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +36,7 @@ import ray.data
 import ray.train
 import ray.train.torch
 import torch
+from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.trainable.trainable_fn_utils import _in_tune_session
 from torch import nn
@@ -42,6 +46,9 @@ from wsss.platform.console import eta_text
 from wsss.platform.data.pipeline import pace_scheduling_loop
 
 STATE_FILE = "state.pt"
+# Fault injection for the killed-driver test: "<task name>:<epoch>" makes the driver die, as a
+# SIGKILL would, once Ray Train has registered that task's checkpoint of that epoch.
+EXIT_AFTER_CHECKPOINT_ENV = "WSSS_EXIT_AFTER_CHECKPOINT"
 # Worker lines go through logging: Ray Train tees a worker's print() to its logger and to the
 # worker's wrapped stdout, which showed every line twice on the driver.
 logger = logging.getLogger(__name__)
@@ -143,8 +150,16 @@ def _gather(outputs: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
     }
 
 
-def _batches(task: TrainTask, data: EpochData, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-    """This worker's non-empty batches of `data` in `epoch`, in a fixed order."""
+# A training batch needs two items: BatchNorm in training mode (DeepLabV3+'s pooling branch sees
+# one value per channel per item) refuses a batch of one.
+MIN_TRAIN_BATCH = 2
+
+
+def _batches(
+    task: TrainTask, data: EpochData, epoch: int, min_size: int = 1
+) -> Iterator[dict[str, torch.Tensor]]:
+    """This worker's batches of `data` in `epoch` with at least `min_size` items, in a fixed
+    order (only the last batch of a share can be smaller than the batch size)."""
     context = ray.train.get_context()
     dataset = data.worker_dataset(epoch, context.get_world_rank(), context.get_world_size())
     batches = dataset.iter_torch_batches(
@@ -152,7 +167,7 @@ def _batches(task: TrainTask, data: EpochData, epoch: int) -> Iterator[dict[str,
         dtypes=task.batch_dtypes or None,
         device=ray.train.torch.get_device(),
     )
-    return (batch for batch in batches if len(next(iter(batch.values()))) > 0)
+    return (batch for batch in batches if len(next(iter(batch.values()))) >= min_size)
 
 
 def _in_lockstep(batches: Iterator[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
@@ -253,7 +268,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.manual_seed(task.seed * 1_000_003 + epoch)
         model.train()
         losses = []
-        for batch in _in_lockstep(_batches(task, task.train_data, epoch)):
+        for batch in _in_lockstep(_batches(task, task.train_data, epoch, MIN_TRAIN_BATCH)):
             loss = task.batch_loss(model, batch)
             optimizer.zero_grad()
             loss.backward()
@@ -306,6 +321,32 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=saved)
 
 
+def registered_epoch(run_folder: Path) -> int:
+    """The epoch of the latest checkpoint Ray Train's controller has registered for the run in
+    `run_folder` (what a restarted run resumes from); 0 before the first."""
+    try:
+        state = json.loads((run_folder / CHECKPOINT_MANAGER_SNAPSHOT_FILENAME).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or mid-write
+        return 0
+    return int(((state.get("latest_checkpoint_result") or {}).get("metrics") or {}).get("epoch", 0))
+
+
+def _exit_after_checkpoint(task_name: str, run_folder: Path) -> None:
+    """Start the `EXIT_AFTER_CHECKPOINT_ENV` fault for `task_name` when it names this task."""
+    wanted, _, epoch = os.environ.get(EXIT_AFTER_CHECKPOINT_ENV, "").partition(":")
+    if wanted != task_name:
+        return
+
+    def die_when_registered() -> None:
+        while registered_epoch(run_folder) < int(epoch):
+            time.sleep(0.1)
+        logger.warning(f"[{task_name}] {EXIT_AFTER_CHECKPOINT_ENV}: the driver dies")
+        # The local cluster this process started shares its fate (Ray's kill-on-parent-death).
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=die_when_registered, daemon=True).start()
+
+
 def fit(
     task: TrainTask,
     ray_config: RayConfig,
@@ -320,6 +361,8 @@ def fit(
     (its schedulers stop weak trials on them).
     """
     callbacks = [TuneReportCallback()] if _in_tune_session() else []
+    storage = Path(storage).resolve()
+    _exit_after_checkpoint(task.name, storage / run_name)
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"task": task},
@@ -330,7 +373,7 @@ def fit(
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=str(Path(storage).resolve()),
+            storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             # Ray Train's INFO lines (a "Reporting training result" per worker per epoch) would
