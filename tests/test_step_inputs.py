@@ -6,9 +6,15 @@ from pathlib import Path
 import pytest
 import ray.data
 
-from wsss.platform.config import RayConfig
+from wsss.platform.config import ConfigError, RayConfig
 from wsss.platform.datasets.manifest import ManifestRow
-from wsss.platform.steps import StepInputError, actor_pool_options, require_inputs, scored_splits
+from wsss.platform.steps import (
+    StepInputError,
+    actor_pool_options,
+    require_inputs,
+    require_split_sizes,
+    scored_splits,
+)
 
 
 def test_present_inputs_pass(tmp_path: Path):
@@ -49,3 +55,21 @@ def test_models_run_on_one_single_threaded_actor_per_configured_cpu():
     assert isinstance(options["compute"], ray.data.ActorPoolStrategy)
     assert options["compute"].min_size == options["compute"].max_size == 3
     assert options["num_cpus"] == 1 and "num_gpus" not in options
+
+
+def _rows(train: int, val: int) -> list[ManifestRow]:
+    splits = ["train"] * train + ["val"] * val
+    return [
+        ManifestRow(str(i), f"{i}.jpg", split, ("dog",), None) for i, split in enumerate(splits)
+    ]
+
+
+def test_a_train_split_too_small_for_the_workers_is_named_with_its_size_and_settings():
+    require_split_sizes(_rows(train=4, val=1), RayConfig(num_workers=2))  # 2 images each
+    with pytest.raises(ConfigError) as error:
+        require_split_sizes(_rows(train=3, val=1), RayConfig(num_workers=2))
+    assert str(error.value).startswith(
+        "the train split has 3 images; ray.num_workers=2 Ray Train workers need at least 2 each (4)"
+    )
+    with pytest.raises(ConfigError, match="the val split has no image"):
+        require_split_sizes(_rows(train=4, val=0), RayConfig(num_workers=2))

@@ -221,3 +221,24 @@ def test_the_ui_serves_the_run_its_steps_metrics_panels_and_model(smoke_run, mlf
         model["info"]["name"] == "segmenter" and model["info"]["source_run_id"] == run_id
         for model in models
     )
+
+
+def test_a_config_the_cluster_cannot_meet_is_refused_before_any_work(tmp_path: Path):
+    """8 Train workers of half a CPU on the local cluster's 2 CPUs: Ray would wait forever for
+    them; the run stops on connecting, naming the keys, what they ask and what there is."""
+    result = subprocess.run(
+        [str(WSSS), "run", "--preset", "smoke", "--set", "ray.num_workers=8"],
+        cwd=tmp_path,
+        env=user_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (
+        "wsss: error: the Ray cluster cannot run this config: ray.num_workers=8 x "
+        "ray.cpus_per_worker=0.5 ask for 4 CPUs for Ray Train, plus 1 for Ray Data; the cluster "
+        "has 2 (lower these settings, or join a larger cluster through RAY_ADDRESS)"
+    ) in result.stderr
+    runs_dir = tmp_path / "runs"
+    assert not (runs_dir / "datasets").exists() and not list((runs_dir / "cache").iterdir())

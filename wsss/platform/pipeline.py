@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray
 
 from wsss.platform.config import ConfigError, WsssConfig, to_yaml
 from wsss.platform.console import describe_error
@@ -45,7 +44,13 @@ from wsss.platform.datasets.manifest import (
 from wsss.platform.datasets.stats import dataset_stats
 from wsss.platform.datasets.synthetic import build_synthetic_dataset
 from wsss.platform.ray_cluster import ray_session
-from wsss.platform.steps import classification, irnet, scored_splits, segmentation
+from wsss.platform.steps import (
+    classification,
+    irnet,
+    require_split_sizes,
+    scored_splits,
+    segmentation,
+)
 from wsss.platform.steps.irnet import confident_ids
 from wsss.platform.store import Lease, StepStore, config_key
 from wsss.platform.tracking import Tracker, metric_values
@@ -314,14 +319,6 @@ def run_folder(runs_dir: Path, name: str) -> Iterator[Path]:
         lease.release()
 
 
-def _require_gpus(config: WsssConfig) -> None:
-    if config.ray.use_gpu and not ray.cluster_resources().get("GPU"):
-        raise ConfigError(
-            "config key ray.use_gpu: true, but the Ray cluster has no GPU "
-            "(set ray.use_gpu=false, or join a cluster with GPUs through RAY_ADDRESS)"
-        )
-
-
 def run_pipeline(
     config: WsssConfig, runs_dir: Path, run_dir: Path | None = None, track: bool = True
 ) -> dict[str, Any]:
@@ -347,11 +344,11 @@ def run_pipeline(
     ):
         tracked = f"MLflow run {run_id} at {tracker.uri}" if track else "not in MLflow"
         logger.info(f"[wsss] run {config.name} on {where}; {tracked}")
-        _require_gpus(config)
         started = time.perf_counter()
         with _step("data"):
             dataset_dir = prepare_dataset(config, runs_dir)
             info, rows = load_dataset(dataset_dir)
+            require_split_sizes(rows, config.ray)
         _link_folder(run_dir / "dataset", dataset_dir)
         timings["data"] = time.perf_counter() - started
         splits = scored_splits(rows)

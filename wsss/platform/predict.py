@@ -52,7 +52,7 @@ def predict_images(
     rows = [{"id": image_id, "image": str(path.resolve())} for image_id, path in images]
     progress = Progress("[predict] segmented", len(rows))
     written, unreadable = 0, []
-    with ray_session(config.ray):
+    with ray_session(config.ray, training=False):
         results = segment_images(
             model_file,
             ray.data.from_items(rows),

@@ -19,12 +19,14 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+import ray._private.state
 import ray.data
 
-from wsss.platform.config import RayConfig
+from wsss.platform.config import ConfigError, RayConfig
 
 GIB = 1024**3
 DEFAULT_DASHBOARD_PORT = 8265
@@ -62,13 +64,22 @@ def reserved_dashboard_port(host: str, preferred: int = DEFAULT_DASHBOARD_PORT) 
 
 
 @contextmanager
-def ray_session(config: RayConfig) -> Iterator[str]:
+def ray_session(config: RayConfig, training: bool = True) -> Iterator[str]:
     """Connect for the duration of the block; yields a description of the cluster.
 
     Joins `config.address` or `RAY_ADDRESS` when set (the cluster's own limits apply);
     otherwise starts a local cluster and shuts it down afterwards. Inside an already
-    initialised Ray (a job driver, a test session) it reuses that connection.
+    initialised Ray (a job driver, a test session) it reuses that connection. A config that
+    asks for more than the cluster has is refused on connecting (`require_resources`; without
+    `training`, only what inference asks).
     """
+    with _connection(config) as where:
+        require_resources(config, training)
+        yield where
+
+
+@contextmanager
+def _connection(config: RayConfig) -> Iterator[str]:
     data_context = ray.data.DataContext.get_current()
     data_context.enable_progress_bars = False
     data_context.print_on_execution_start = False
@@ -115,3 +126,75 @@ def ray_session(config: RayConfig) -> Iterator[str]:
         )
     finally:
         ray.shutdown()
+
+
+@dataclass(frozen=True)
+class ClusterCapacity:
+    """The most a cluster can give: its totals and its largest node's CPUs."""
+
+    cpus: float
+    gpus: float
+    largest_node_cpus: float
+
+
+def cluster_capacity() -> ClusterCapacity:
+    """The connected cluster's capacity. An autoscaling cluster counts the nodes its config
+    allows (as Ray Train's own check does), so GPU workers that start at zero count."""
+    config = ray._private.state.state.get_cluster_config()
+    groups = list(config.node_group_configs) if config is not None else []
+    if groups:
+        most = ray._private.state.state.get_max_resources_from_cluster_config() or {}
+        node_cpus = [group.resources.get("CPU", 0) for group in groups]
+    else:
+        most = ray.cluster_resources()
+        node_cpus = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]]
+    return ClusterCapacity(most.get("CPU", 0), most.get("GPU", 0), max(node_cpus, default=0))
+
+
+def unmet_requests(
+    config: RayConfig, capacity: ClusterCapacity, training: bool = True
+) -> list[str]:
+    """What `config` asks of a cluster of `capacity` that it cannot give, one sentence each
+    naming the config keys; Ray would otherwise wait forever for the resources. Without
+    `training`, only what inference asks: its actors."""
+    problems = []
+    gpus = config.num_workers if training else 1
+    if config.use_gpu and capacity.gpus < gpus:
+        asked = f"with ray.num_workers={gpus} asks for {gpus} GPUs (one per Ray Train worker)"
+        problems.append(
+            f"ray.use_gpu=true {asked if training else 'asks for a GPU'}; the cluster has "
+            f"{capacity.gpus:g}"
+        )
+    if not config.use_gpu and config.num_cpus > capacity.cpus:
+        problems.append(
+            f"ray.num_cpus={config.num_cpus} asks for {config.num_cpus} inference actors of one "
+            f"CPU each; the cluster has {capacity.cpus:g} CPUs"
+        )
+    if not training:
+        return problems
+    train_cpus = config.num_workers * config.cpus_per_worker
+    if config.cpus_per_worker > capacity.largest_node_cpus:
+        problems.append(
+            f"ray.cpus_per_worker={config.cpus_per_worker:g} is more than any node has (the "
+            f"largest has {capacity.largest_node_cpus:g} CPUs)"
+        )
+    # Ray Data reads and augments the batches Train consumes: it needs a CPU Train leaves free.
+    if train_cpus + 1 > capacity.cpus:
+        problems.append(
+            f"ray.num_workers={config.num_workers} x ray.cpus_per_worker="
+            f"{config.cpus_per_worker:g} ask for {train_cpus:g} CPUs for Ray Train, plus 1 for "
+            f"Ray Data; the cluster has {capacity.cpus:g}"
+        )
+    return problems
+
+
+def require_resources(config: RayConfig, training: bool = True) -> None:
+    """Raise `ConfigError` listing every request of `config` the connected cluster cannot
+    meet, before any work."""
+    problems = unmet_requests(config, cluster_capacity(), training)
+    if problems:
+        raise ConfigError(
+            "the Ray cluster cannot run this config: "
+            + "; ".join(problems)
+            + " (lower these settings, or join a larger cluster through RAY_ADDRESS)"
+        )

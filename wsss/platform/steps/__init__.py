@@ -16,10 +16,11 @@ import ray
 import ray.data
 import torch
 
-from wsss.platform.config import RayConfig
+from wsss.platform.config import ConfigError, RayConfig
 from wsss.platform.console import Progress
 from wsss.platform.datasets.manifest import ManifestRow
 from wsss.platform.metrics import ConfusionMatrix
+from wsss.platform.training import MIN_TRAIN_BATCH
 
 # Splits with pixel ground truth that every step is scored on: val is the paper's column (step
 # 3 picks its epoch there), test is scored alongside where the data set has its masks.
@@ -44,6 +45,26 @@ def require_inputs(step: str, inputs: Mapping[str, Path]) -> None:
         else:
             continue
         raise StepInputError(f"{step} needs {what}: {path} {problem}")
+
+
+def require_split_sizes(rows: Sequence[ManifestRow], ray_config: RayConfig) -> None:
+    """Raise `ConfigError` when the train split cannot give every Ray Train worker a training
+    batch, or val has no image (step 1 sets its thresholds and step 3 picks its epoch there):
+    found before any step, not in every worker hours into a run."""
+    sizes = {split: sum(r.split == split for r in rows) for split in ("train", "val")}
+    needed = ray_config.num_workers * MIN_TRAIN_BATCH
+    if sizes["train"] < needed:
+        raise ConfigError(
+            f"the train split has {sizes['train']} images; ray.num_workers="
+            f"{ray_config.num_workers} Ray Train workers need at least {MIN_TRAIN_BATCH} each "
+            f"({needed}): a training batch needs {MIN_TRAIN_BATCH} images, as BatchNorm takes "
+            f"no batch of one (add train images or lower ray.num_workers)"
+        )
+    if not sizes["val"]:
+        raise ConfigError(
+            "the val split has no image: step 1 sets its thresholds and step 3 picks its "
+            "epoch on val (give the data set val images)"
+        )
 
 
 def scored_splits(rows: Sequence[ManifestRow]) -> list[str]:
