@@ -22,10 +22,13 @@ from wsss.platform.datasets.adapters import ADAPTERS, import_dataset
 from wsss.platform.datasets.manifest import DatasetError
 from wsss.platform.datasets.stats import dataset_stats, format_stats
 from wsss.platform.datasets.synthetic import build_synthetic_dataset
+from wsss.platform.local_cluster import ClusterError
 from wsss.platform.store import StoreEntry, collect_garbage, store_entries
 from wsss.tune_spaces import space_modules
 
 logger = logging.getLogger("wsss.cli")
+# Where `wsss cluster` keeps a local cluster's nodes and logs, inside the runs folder.
+CLUSTER_FOLDER = "cluster"
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, default_preset: str | None) -> None:
@@ -242,6 +245,50 @@ def _cache_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster_up(args: argparse.Namespace) -> int:
+    from wsss.platform.local_cluster import cluster_up, node_environment
+
+    folder = args.runs_dir.resolve() / CLUSTER_FOLDER
+    print(f"starting {args.nodes} node(s); their logs go to {folder}")
+    cluster = cluster_up(folder, args.nodes, args.cpus, args.memory_gb, args.object_store_gb)
+    for node in cluster.nodes:
+        role = "head" if node.index == 0 else "worker"
+        print(
+            f"  {role} {node.address}: {node.num_cpus} CPUs, {node.memory_gb:g} GiB, "
+            f"{node.object_store_gb:g} GiB object store, resource {node.resource}"
+        )
+    token = node_environment()["RAY_AUTH_TOKEN_PATH"]
+    print(
+        f"token authentication on; the token file is {token}\n"
+        f"run on it from this machine:  RAY_ADDRESS={cluster.gcs_address} wsss run ...\n"
+        f"submit jobs to it:            ray job submit --address {cluster.dashboard_url} ...\n"
+        f"dashboard:                    {cluster.dashboard_url}\n"
+        f"stop it:                      wsss cluster down --runs-dir {args.runs_dir}"
+    )
+    return 0
+
+
+def _cluster_status(args: argparse.Namespace) -> int:
+    from wsss.platform.local_cluster import LocalCluster, cluster_status
+
+    folder = args.runs_dir.resolve() / CLUSTER_FOLDER
+    cluster = LocalCluster.load(folder)
+    print(f"cluster {cluster.gcs_address}, dashboard {cluster.dashboard_url}")
+    nodes = cluster_status(folder)
+    for node, alive in nodes:
+        state = "running" if alive else "stopped"
+        print(f"  node {node.index} {node.address}: {state} ({node.num_cpus} CPUs)")
+    return 0 if all(alive for _, alive in nodes) else 1
+
+
+def _cluster_down(args: argparse.Namespace) -> int:
+    from wsss.platform.local_cluster import cluster_down
+
+    stopped = cluster_down(args.runs_dir.resolve() / CLUSTER_FOLDER)
+    print(f"stopped {len(stopped)} node(s): {', '.join(n.address for n in stopped) or 'none'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsss",
@@ -292,6 +339,21 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="only list what would go")
     gc.set_defaults(handler=_cache_gc)
 
+    cluster = commands.add_parser("cluster", help="a Ray cluster of several nodes on this machine")
+    cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True)
+    up = cluster_commands.add_parser("up", help="start a head and worker nodes")
+    up.add_argument("--nodes", type=int, default=2, help="nodes, the head included (default 2)")
+    up.add_argument("--cpus", type=int, help="CPUs per node (default: the machine's, shared)")
+    up.add_argument("--memory-gb", type=float, help="memory per node (default: half, shared)")
+    up.add_argument("--object-store-gb", type=float, help="object store per node")
+    status = cluster_commands.add_parser("status", help="the nodes and whether they run")
+    down = cluster_commands.add_parser("down", help="stop the nodes `up` started")
+    for command, handler in ((up, _cluster_up), (status, _cluster_status), (down, _cluster_down)):
+        command.add_argument(
+            "--runs-dir", type=Path, default=Path("runs"), help="default: ./runs (its cluster/)"
+        )
+        command.set_defaults(handler=handler)
+
     config = commands.add_parser("config", help="inspect configs")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     show = config_commands.add_parser("show", help="print the resolved config as YAML")
@@ -341,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, DatasetError, FileNotFoundError) as exc:
+    except (ConfigError, DatasetError, FileNotFoundError, ClusterError) as exc:
         print(f"wsss: error: {exc}", file=sys.stderr)
         return 2
 

@@ -283,6 +283,9 @@ class RayConfig(StrictModel):
     num_workers: int = Field(2, ge=1, description="Ray Train workers")
     cpus_per_worker: float = Field(0.5, gt=0)
     use_gpu: bool = False
+    placement_strategy: Literal["PACK", "SPREAD"] = Field(
+        "PACK", description="Ray Train workers: PACK fills a node first, SPREAD uses many nodes"
+    )
 
 
 class TrackingConfig(StrictModel):

@@ -370,6 +370,7 @@ def fit(
             num_workers=ray_config.num_workers,
             use_gpu=ray_config.use_gpu,
             resources_per_worker={"CPU": ray_config.cpus_per_worker},
+            placement_strategy=ray_config.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=run_name,

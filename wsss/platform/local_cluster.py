@@ -1,0 +1,263 @@
+"""A Ray cluster of several nodes on this machine (`wsss cluster up/status/down`): what a real
+cluster is, for trying multi-node runs and faults on a laptop.
+
+Every node is a `ray start --block` in its own process group, on its own loopback node address
+(127.0.0.2 for the head, then 127.0.0.3, ...), with explicit CPU, memory and object-store
+limits that together fit the machine and a custom resource naming it (`wsss_node_<i>`). Ray's
+token authentication is on, with the user's Ray token (`~/.ray/auth_token`, made when missing),
+which every Ray client of this user finds by itself. The dashboard and job server listen on
+127.0.0.1. The cluster folder records the nodes' process groups, so `down` stops those nodes
+and no other Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+CLUSTER_FILE = "cluster.json"
+HEAD_NODE_ADDRESS = "127.0.0.2"
+NODE_RESOURCE = "wsss_node_{}"
+TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+DASHBOARD_HOST = "127.0.0.1"
+# ray start's own limits on how long a node takes to come up.
+START_TIMEOUT_S = 180
+
+
+class ClusterError(RuntimeError):
+    """The local cluster cannot be started, found or stopped; the message says why."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of a local cluster: its address and limits, and the process group running it
+    (0 until started)."""
+
+    index: int
+    address: str
+    num_cpus: int
+    memory_gb: float
+    object_store_gb: float
+    process_group: int = 0
+
+    @property
+    def resource(self) -> str:
+        return NODE_RESOURCE.format(self.index)
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """What `wsss cluster up` started: the head's GCS address (for `RAY_ADDRESS` of a driver on
+    this machine), the job server's address (for `ray job submit`) and the nodes."""
+
+    gcs_address: str
+    dashboard_url: str
+    nodes: tuple[NodeSpec, ...]
+
+    def save(self, folder: Path) -> None:
+        (folder / CLUSTER_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> LocalCluster:
+        path = folder / CLUSTER_FILE
+        if not path.is_file():
+            raise ClusterError(f"no local cluster was started from {folder} ({path} is missing)")
+        raw = json.loads(path.read_text())
+        return cls(
+            raw["gcs_address"], raw["dashboard_url"], tuple(NodeSpec(**n) for n in raw["nodes"])
+        )
+
+
+def plan_nodes(
+    count: int,
+    cpus: int | None = None,
+    memory_gb: float | None = None,
+    object_store_gb: float | None = None,
+) -> tuple[NodeSpec, ...]:
+    """`count` nodes sharing this machine: by default its CPUs split evenly (at least one
+    each), and half its memory, a quarter of each share for the object store."""
+    from wsss.platform.ray_cluster import GIB
+
+    if count < 1:
+        raise ClusterError(f"--nodes must be at least 1, not {count}")
+    machine_cpus = os.cpu_count() or 1
+    machine_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+    cpus = cpus or max(1, machine_cpus // count)
+    memory_gb = memory_gb or round(machine_gb / 2 / count, 1)
+    object_store_gb = object_store_gb or round(memory_gb / 4, 2)
+    if cpus * count > max(machine_cpus, count):
+        raise ClusterError(
+            f"{count} nodes of {cpus} CPUs ask for {cpus * count}; this machine has {machine_cpus}"
+        )
+    if (memory_gb + object_store_gb) * count > machine_gb:
+        raise ClusterError(
+            f"{count} nodes of {memory_gb:g} GiB plus {object_store_gb:g} GiB of object store "
+            f"do not fit this machine's {machine_gb:.1f} GiB"
+        )
+    return tuple(
+        NodeSpec(i, f"127.0.0.{i + 2}", cpus, memory_gb, object_store_gb) for i in range(count)
+    )
+
+
+def _free_port(host: str = DASHBOARD_HOST) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def ensure_token() -> Path:
+    """The user's Ray token file, made (readable by its owner only) when missing."""
+    if not TOKEN_FILE.is_file() or not TOKEN_FILE.read_text().strip():
+        TOKEN_FILE.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as token:
+            token.write(secrets.token_hex(32))
+    return TOKEN_FILE
+
+
+def node_environment() -> dict[str, str]:
+    """The environment every node and client of the cluster runs with: token auth on, and this
+    environment's scripts first on PATH, so that a job's `python` or `wsss` is this one."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {
+        **os.environ,
+        "PATH": path,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(ensure_token()),
+    }
+
+
+def _start_command(node: NodeSpec, gcs_address: str, dashboard_port: int) -> list[str]:
+    from wsss.platform.ray_cluster import GIB
+
+    ray = str(Path(sys.executable).parent / "ray")
+    common = [
+        "--block",
+        "--node-ip-address", node.address,
+        "--num-cpus", str(node.num_cpus),
+        "--memory", str(int(node.memory_gb * GIB)),
+        "--object-store-memory", str(int(node.object_store_gb * GIB)),
+        "--resources", json.dumps({node.resource: 1}),
+        # Ray's fixed default ports (the agent's 52365, the client server's 10001, ...) are
+        # taken by the first node on this machine: every node gets free ones.
+        "--dashboard-agent-listen-port", str(_free_port()),
+        "--dashboard-agent-grpc-port", str(_free_port()),
+        "--metrics-export-port", str(_free_port()),
+        "--runtime-env-agent-port", str(_free_port()),
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    if node.index == 0:
+        return [ray, "start", "--head", "--port", gcs_address.rsplit(":", 1)[1],
+                "--dashboard-host", DASHBOARD_HOST, "--dashboard-port", str(dashboard_port),
+                "--ray-client-server-port", str(_free_port()), *common]  # fmt: skip
+    return [ray, "start", "--address", gcs_address, *common]
+
+
+def _wait_for_nodes(cluster: LocalCluster, deadline: float) -> None:
+    """Block until every node of `cluster` has joined, or raise naming the missing ones."""
+    import ray
+
+    while True:
+        try:
+            ray.init(address=cluster.gcs_address, logging_level="ERROR", log_to_driver=False)
+            break
+        except ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    try:
+        wanted = {node.address for node in cluster.nodes}
+        while True:
+            alive = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+            if wanted <= alive:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"nodes {sorted(wanted - alive)} did not join within the time")
+            time.sleep(1)
+    finally:
+        ray.shutdown()
+
+
+def cluster_up(
+    folder: Path,
+    count: int,
+    cpus: int | None = None,
+    memory_gb: float | None = None,
+    object_store_gb: float | None = None,
+) -> LocalCluster:
+    """Start a head and `count - 1` worker nodes; their logs go to `folder/node-<i>.log`."""
+    from wsss.platform.ray_cluster import reserved_dashboard_port
+
+    folder = folder.resolve()
+    if (folder / CLUSTER_FILE).exists():
+        running = LocalCluster.load(folder)
+        if any(_alive(node) for node in running.nodes):
+            raise ClusterError(
+                f"a local cluster started from {folder} is running: `wsss cluster down` it first"
+            )
+    nodes = plan_nodes(count, cpus, memory_gb, object_store_gb)
+    folder.mkdir(parents=True, exist_ok=True)
+    env = node_environment()
+    started: list[NodeSpec] = []
+    gcs_address = f"{HEAD_NODE_ADDRESS}:{_free_port(HEAD_NODE_ADDRESS)}"
+    with reserved_dashboard_port(DASHBOARD_HOST) as dashboard_port:
+        cluster = LocalCluster(gcs_address, f"http://{DASHBOARD_HOST}:{dashboard_port}", ())
+        try:
+            for node in nodes:
+                with (folder / f"node-{node.index}.log").open("ab") as log:
+                    process = subprocess.Popen(
+                        _start_command(node, gcs_address, dashboard_port),
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                started.append(NodeSpec(**{**asdict(node), "process_group": process.pid}))
+                cluster = LocalCluster(cluster.gcs_address, cluster.dashboard_url, tuple(started))
+                cluster.save(folder)
+                if node.index == 0:
+                    _wait_for_nodes(cluster, time.monotonic() + START_TIMEOUT_S)
+            _wait_for_nodes(cluster, time.monotonic() + START_TIMEOUT_S)
+        except BaseException:
+            cluster_down(folder)
+            raise
+    return cluster
+
+
+def _alive(node: NodeSpec) -> bool:
+    try:
+        os.killpg(node.process_group, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def cluster_down(folder: Path, timeout_s: float = 60) -> list[NodeSpec]:
+    """Stop the nodes started from `folder` (workers first, then the head); returns those that
+    were running."""
+    folder = folder.resolve()
+    cluster = LocalCluster.load(folder)
+    running = [node for node in reversed(cluster.nodes) if _alive(node)]
+    for node in running:
+        os.killpg(node.process_group, signal.SIGTERM)  # `ray start --block` stops its node
+        deadline = time.monotonic() + timeout_s
+        while _alive(node) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(node):
+            os.killpg(node.process_group, signal.SIGKILL)
+    (folder / CLUSTER_FILE).unlink()
+    return running
+
+
+def cluster_status(folder: Path) -> list[tuple[NodeSpec, bool]]:
+    """Each node started from `folder`, and whether it still runs."""
+    cluster = LocalCluster.load(folder.resolve())
+    return [(node, _alive(node)) for node in cluster.nodes]
