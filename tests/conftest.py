@@ -2,12 +2,18 @@
 smoke run of the whole pipeline, made the way the README tells users to, that the end-to-end
 tests read."""
 
+import contextlib
+import http.client
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -92,3 +98,58 @@ def runs_without_step2(smoke_run, tmp_path: Path) -> Path:
         for step in (smoke_run[0] / "cache").glob(pattern):
             shutil.copytree(step, runs_dir / "cache" / step.name, symlinks=True)
     return runs_dir
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A listening TCP socket: its address, port, and the process holding it."""
+
+    host: str
+    port: int
+    process: str
+    pid: int
+
+    @property
+    def loopback(self) -> bool:
+        return self.host.removeprefix("[::ffff:").startswith("127.") or self.host == "[::1]"
+
+
+def listeners() -> list[Listener]:
+    """Every listening TCP socket on this machine whose process is known (`ss -ltnpH`)."""
+    found = []
+    for line in subprocess.run(
+        ["ss", "-ltnpH"], capture_output=True, text=True
+    ).stdout.splitlines():
+        fields = line.split()
+        address, users = fields[3], fields[-1]
+        match = re.search(r'\("([^"]+)",pid=(\d+)', users)
+        if match:
+            host, _, port = address.rpartition(":")
+            found.append(Listener(host, int(port), match.group(1), int(match.group(2))))
+    return found
+
+
+def process_tree(root: int) -> set[int]:
+    """`root` and every process below it."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # The process name (field 2) may hold spaces: the parent pid follows its ")".
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def answers_without_token(host: str, port: int) -> bool:
+    """Whether an HTTP GET of `/metrics` without any token gets a 200 from `host:port` (a
+    token-guarded Ray port refuses it, a gRPC port does not speak HTTP/1)."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, http.client.HTTPException):
+        return False

@@ -1,11 +1,14 @@
 """The platform's local cluster: what its workers can reach, and what a config may ask of a
 cluster."""
 
+import os
 import socket
 import threading
 
 import ray
+import ray.data
 import ray.util.state
+from conftest import listeners, process_tree
 
 from wsss.platform.config import RayConfig
 from wsss.platform.ray_cluster import (
@@ -78,7 +81,7 @@ def test_runs_started_at_once_get_different_dashboard_ports() -> None:
     assert second and second[0] not in (first, 0)
 
 
-LAPTOP = ClusterCapacity(cpus=2, gpus=0, largest_node_cpus=2)
+LAPTOP = ClusterCapacity(gpus=0, node_cpus=(2,))
 
 
 def test_the_local_cluster_offers_its_configured_limits(ray_cluster) -> None:
@@ -90,10 +93,8 @@ def test_every_request_the_cluster_cannot_meet_is_named_with_its_config_keys() -
     assert unmet_requests(asked, LAPTOP) == [
         "ray.use_gpu=true with ray.num_workers=8 asks for 8 GPUs (one per Ray Train worker); "
         "the cluster has 0",
-        "ray.cpus_per_worker=4 is more than any node has (the largest has 2 CPUs)",
-        # 8 x 4 = 32 CPUs for Train, 1 for Data.
-        "ray.num_workers=8 x ray.cpus_per_worker=4 ask for 32 CPUs for Ray Train, plus 1 for "
-        "Ray Data; the cluster has 2",
+        "ray.num_workers=8 x ray.cpus_per_worker=4 do not fit on the cluster's nodes (2 CPUs) "
+        "with ray.placement_strategy=PACK",
     ]
     # Without GPUs the inference actors take one CPU each: 3 of them on 2 CPUs.
     assert unmet_requests(RayConfig(num_cpus=3), LAPTOP) == [
@@ -101,17 +102,30 @@ def test_every_request_the_cluster_cannot_meet_is_named_with_its_config_keys() -
     ]
 
 
-def test_train_workers_must_leave_ray_data_a_cpu() -> None:
+def test_train_workers_must_leave_ray_data_a_whole_cpu_on_some_node() -> None:
     assert unmet_requests(RayConfig(num_workers=2, cpus_per_worker=0.5), LAPTOP) == []
     # 2 x 1 = 2 CPUs for Train leave none for Data: the job would wait forever.
-    assert len(unmet_requests(RayConfig(num_workers=2, cpus_per_worker=1), LAPTOP)) == 1
+    assert unmet_requests(RayConfig(num_workers=2, cpus_per_worker=1), LAPTOP) == [
+        "ray.num_workers=2 x ray.cpus_per_worker=1 with ray.placement_strategy=PACK leave no "
+        "node of the cluster (2 CPUs) a whole CPU for Ray Data"
+    ]
+    # Two nodes of one CPU: packed, the workers fill one node and Data has the other; spread,
+    # each node keeps half a CPU, and no Data task of one CPU fits anywhere.
+    two_nodes = ClusterCapacity(gpus=0, node_cpus=(1, 1))
+    assert unmet_requests(RayConfig(num_workers=2, cpus_per_worker=0.5), two_nodes) == []
+    spread = RayConfig(num_workers=2, cpus_per_worker=0.5, placement_strategy="SPREAD")
+    assert unmet_requests(spread, two_nodes) == [
+        "ray.num_workers=2 x ray.cpus_per_worker=0.5 with ray.placement_strategy=SPREAD leave "
+        "no node of the cluster (1+1 CPUs) a whole CPU for Ray Data"
+    ]
+    assert unmet_requests(spread, ClusterCapacity(gpus=0, node_cpus=(2, 2))) == []
 
 
 def test_the_paper_settings_fit_a_gpu_cluster_and_inference_alone_fits_a_laptop() -> None:
     paper = RayConfig(num_workers=3, cpus_per_worker=4, use_gpu=True)
-    gpu_cluster = ClusterCapacity(cpus=8 + 3 * 8, gpus=3, largest_node_cpus=8)
+    gpu_cluster = ClusterCapacity(gpus=3, node_cpus=(8, 8, 8, 8))  # a head, 3 GPU workers
     assert unmet_requests(paper, gpu_cluster) == []
-    assert unmet_requests(paper, ClusterCapacity(cpus=13, gpus=2, largest_node_cpus=8)) == [
+    assert unmet_requests(paper, ClusterCapacity(gpus=2, node_cpus=(8, 8, 8))) == [
         "ray.use_gpu=true with ray.num_workers=3 asks for 3 GPUs (one per Ray Train worker); "
         "the cluster has 2"
     ]
@@ -120,3 +134,13 @@ def test_the_paper_settings_fit_a_gpu_cluster_and_inference_alone_fits_a_laptop(
         "ray.use_gpu=true asks for a GPU; the cluster has 0"
     ]
     assert unmet_requests(paper.model_copy(update={"use_gpu": False}), LAPTOP, False) == []
+
+
+def test_the_local_cluster_listens_on_loopback_only(ray_cluster) -> None:
+    """`wsss run`'s own cluster (the one these tests share): every port of every process it
+    started, workers, Ray's core ports and its metrics servers included, on loopback."""
+    assert ray.data.range(8).map(lambda row: row).count() == 8  # workers up, sockets open
+    ours = process_tree(os.getpid())
+    mine = [s for s in listeners() if s.pid in ours]
+    assert {"gcs_server", "raylet"} <= {s.process for s in mine}  # the cluster's sockets seen
+    assert [s for s in mine if not s.loopback] == []

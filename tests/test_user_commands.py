@@ -237,8 +237,9 @@ def test_a_config_the_cluster_cannot_meet_is_refused_before_any_work(tmp_path: P
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert (
         "wsss: error: the Ray cluster cannot run this config: ray.num_workers=8 x "
-        "ray.cpus_per_worker=0.5 ask for 4 CPUs for Ray Train, plus 1 for Ray Data; the cluster "
-        "has 2 (lower these settings, or join a larger cluster through RAY_ADDRESS)"
+        "ray.cpus_per_worker=0.5 do not fit on the cluster's nodes (2 CPUs) with "
+        "ray.placement_strategy=PACK (lower these settings, or join a larger cluster through "
+        "RAY_ADDRESS)"
     ) in result.stderr
     runs_dir = tmp_path / "runs"
     assert not (runs_dir / "datasets").exists() and not list((runs_dir / "cache").iterdir())

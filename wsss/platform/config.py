@@ -275,7 +275,9 @@ class RayConfig(StrictModel):
     """Where the job runs and how much of the machine it may take."""
 
     address: str | None = Field(None, description="join this cluster; None starts a local one")
-    node_ip_address: str = "127.0.0.2"
+    node_ip_address: str = Field(
+        "127.0.0.1", description="a local cluster's node; on 127.0.0.1 every port is loopback only"
+    )
     dashboard_host: str = "127.0.0.1"
     num_cpus: int = Field(2, ge=1)
     memory_gb: float = Field(8.0, gt=0)

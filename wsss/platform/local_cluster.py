@@ -5,29 +5,43 @@ Every node is a `ray start --block` in its own process group, on its own loopbac
 (127.0.0.2 for the head, then 127.0.0.3, ...), with explicit CPU, memory and object-store
 limits that together fit the machine and a custom resource naming it (`wsss_node_<i>`). Ray's
 token authentication is on, with the user's Ray token (`~/.ray/auth_token`, made when missing),
-which every Ray client of this user finds by itself. The dashboard and job server listen on
-127.0.0.1. The cluster folder records the nodes' process groups, so `down` stops those nodes
-and no other Ray on the machine.
+which every Ray client of this user finds by itself. The cluster folder records the nodes'
+process groups, so `down` stops those nodes and no other Ray on the machine.
+
+The dashboard and job server listen on 127.0.0.1. Ray's core ports listen on every interface
+(on a node address other than 127.0.0.1 Ray binds them so; Ray's single-machine mode, which
+would not, admits no second node), guarded by the token. Of Ray's metrics servers, which answer
+without the token, the nodes' metrics export and the autoscaler's monitor (a fixed cluster needs
+no autoscaler) are off; the dashboard's own cannot be turned off or moved in Ray 2.60 and
+listens on every interface at a port of its own.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
 CLUSTER_FILE = "cluster.json"
-HEAD_NODE_ADDRESS = "127.0.0.2"
 NODE_RESOURCE = "wsss_node_{}"
 TOKEN_FILE = Path.home() / ".ray" / "auth_token"
-DASHBOARD_HOST = "127.0.0.1"
+LOOPBACK = "127.0.0.1"
+DASHBOARD_HOST = LOOPBACK
+HEAD_NODE_ADDRESS = "127.0.0.2"
+# Turns on Ray's single-machine mode (`ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR`), spelt out:
+# importing Ray here would slow every `wsss` command.
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # ray start's own limits on how long a node takes to come up.
 START_TIMEOUT_S = 180
 
@@ -47,6 +61,7 @@ class NodeSpec:
     memory_gb: float
     object_store_gb: float
     process_group: int = 0
+    temp_dir: str = ""
 
     @property
     def resource(self) -> str:
@@ -83,7 +98,8 @@ def plan_nodes(
     object_store_gb: float | None = None,
 ) -> tuple[NodeSpec, ...]:
     """`count` nodes sharing this machine: by default its CPUs split evenly (at least one
-    each), and half its memory, a quarter of each share for the object store."""
+    each), and half its memory, a quarter of each share for the object store. Memory must fit
+    the machine; CPUs may count more than its cores, with a warning."""
     from wsss.platform.ray_cluster import GIB
 
     if count < 1:
@@ -94,8 +110,10 @@ def plan_nodes(
     memory_gb = memory_gb or round(machine_gb / 2 / count, 1)
     object_store_gb = object_store_gb or round(memory_gb / 4, 2)
     if cpus * count > max(machine_cpus, count):
-        raise ClusterError(
-            f"{count} nodes of {cpus} CPUs ask for {cpus * count}; this machine has {machine_cpus}"
+        # Ray's CPU counts are scheduling slots: more than the cores only makes tasks share them.
+        logger.warning(
+            f"{count} nodes of {cpus} CPUs count {cpus * count} CPUs on this machine's "
+            f"{machine_cpus} cores: their tasks will share the cores"
         )
     if (memory_gb + object_store_gb) * count > machine_gb:
         raise ClusterError(
@@ -135,6 +153,17 @@ def node_environment() -> dict[str, str]:
     }
 
 
+def _node_start_environment() -> dict[str, str]:
+    """A node's: no metrics export, whose server would answer anyone on every interface; the
+    dashboard's metrics server on a free port, as two clusters on a machine would otherwise
+    both want Ray's fixed one."""
+    return {
+        **node_environment(),
+        "RAY_enable_metrics_collection": "0",
+        "DASHBOARD_METRIC_PORT": str(_free_port()),
+    }
+
+
 def _start_command(node: NodeSpec, gcs_address: str, dashboard_port: int) -> list[str]:
     from wsss.platform.ray_cluster import GIB
 
@@ -154,9 +183,12 @@ def _start_command(node: NodeSpec, gcs_address: str, dashboard_port: int) -> lis
         "--runtime-env-agent-port", str(_free_port()),
         "--disable-usage-stats",
     ]  # fmt: skip
+    if node.temp_dir:
+        common += ["--temp-dir", node.temp_dir]
     if node.index == 0:
         return [ray, "start", "--head", "--port", gcs_address.rsplit(":", 1)[1],
                 "--dashboard-host", DASHBOARD_HOST, "--dashboard-port", str(dashboard_port),
+                "--no-monitor",
                 "--ray-client-server-port", str(_free_port()), *common]  # fmt: skip
     return [ray, "start", "--address", gcs_address, *common]
 
@@ -205,17 +237,22 @@ def cluster_up(
             )
     nodes = plan_nodes(count, cpus, memory_gb, object_store_gb)
     folder.mkdir(parents=True, exist_ok=True)
-    env = node_environment()
     started: list[NodeSpec] = []
     gcs_address = f"{HEAD_NODE_ADDRESS}:{_free_port(HEAD_NODE_ADDRESS)}"
     with reserved_dashboard_port(DASHBOARD_HOST) as dashboard_port:
         cluster = LocalCluster(gcs_address, f"http://{DASHBOARD_HOST}:{dashboard_port}", ())
         try:
-            for node in nodes:
+            for planned in nodes:
+                # A worker node's own session folder: nodes sharing one machine would otherwise
+                # share Ray's, and a node's runtime-env agent deleted a job's working directory
+                # the other node's driver ran in, and each node's log monitor sent the driver
+                # every worker line again.
+                temp_dir = tempfile.mkdtemp(prefix="wsss-node-") if planned.index else ""
+                node = NodeSpec(**{**asdict(planned), "temp_dir": temp_dir})
                 with (folder / f"node-{node.index}.log").open("ab") as log:
                     process = subprocess.Popen(
                         _start_command(node, gcs_address, dashboard_port),
-                        env=env,
+                        env=_node_start_environment(),
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
@@ -253,6 +290,9 @@ def cluster_down(folder: Path, timeout_s: float = 60) -> list[NodeSpec]:
             time.sleep(0.2)
         if _alive(node):
             os.killpg(node.process_group, signal.SIGKILL)
+    for node in cluster.nodes:
+        if node.temp_dir:
+            shutil.rmtree(node.temp_dir, ignore_errors=True)
     (folder / CLUSTER_FILE).unlink()
     return running
 

@@ -25,8 +25,10 @@ from pathlib import Path
 import ray
 import ray._private.state
 import ray.data
+from ray._private import ray_constants
 
 from wsss.platform.config import ConfigError, RayConfig
+from wsss.platform.local_cluster import LOOPBACK, SINGLE_MACHINE_ENV
 
 GIB = 1024**3
 DEFAULT_DASHBOARD_PORT = 8265
@@ -98,43 +100,70 @@ def _connection(config: RayConfig) -> Iterator[str]:
         finally:
             ray.shutdown()
         return
-    with reserved_dashboard_port(config.dashboard_host) as dashboard_port:
-        context = ray.init(
-            address="local",
-            num_cpus=config.num_cpus,
-            _memory=int(config.memory_gb * GIB),
-            object_store_memory=int(config.object_store_gb * GIB),
-            _node_ip_address=config.node_ip_address,
-            include_dashboard=True,
-            dashboard_host=config.dashboard_host,
-            dashboard_port=dashboard_port,
-            # Ray's state API (which Ray Train's PlacementGroupCleaner polls for its controller)
-            # otherwise finds the cluster through /tmp/ray/ray_current_cluster, which only
-            # `ray start` writes: from a cluster started here it reached a stale cluster or none,
-            # and the cleaner died with a GCS-timeout traceback in every training run.
-            runtime_env={
-                "env_vars": {
-                    "RAY_API_SERVER_ADDRESS": f"http://{config.dashboard_host}:{dashboard_port}"
+    with _single_machine_mode(config.node_ip_address):
+        with reserved_dashboard_port(config.dashboard_host) as dashboard_port:
+            context = ray.init(
+                address="local",
+                num_cpus=config.num_cpus,
+                _memory=int(config.memory_gb * GIB),
+                object_store_memory=int(config.object_store_gb * GIB),
+                _node_ip_address=config.node_ip_address,
+                include_dashboard=True,
+                dashboard_host=config.dashboard_host,
+                dashboard_port=dashboard_port,
+                # Ray's state API (which Ray Train's PlacementGroupCleaner polls for its
+                # controller) otherwise finds the cluster through /tmp/ray/ray_current_cluster,
+                # which only `ray start` writes: from a cluster started here it reached a stale
+                # cluster or none, and the cleaner died with a GCS-timeout traceback in every
+                # training run.
+                runtime_env={
+                    "env_vars": {
+                        "RAY_API_SERVER_ADDRESS": f"http://{config.dashboard_host}:{dashboard_port}"
+                    },
+                    "worker_process_setup_hook": WORKER_SETUP_HOOK,
                 },
-                "worker_process_setup_hook": WORKER_SETUP_HOOK,
-            },
-        )
+            )
+        try:
+            yield (
+                f"a local Ray cluster ({config.num_cpus} CPUs, {config.memory_gb:g} GiB, "
+                f"dashboard http://{context.dashboard_url})"
+            )
+        finally:
+            ray.shutdown()
+
+
+@contextmanager
+def _single_machine_mode(node_ip_address: str) -> Iterator[None]:
+    """For a node on 127.0.0.1: Ray's single-machine mode (its default on macOS and Windows),
+    in which every service of the node listens on loopback only, the metrics servers included.
+    Anywhere else Ray binds them to every interface, and rewrites 127.0.0.1 to the machine's
+    network address. The processes the cluster starts read the mode from the environment;
+    this one read it when Ray was imported, hence the constant."""
+    if node_ip_address != LOOPBACK:
+        yield
+        return
+    saved = os.environ.get(SINGLE_MACHINE_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_MACHINE_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
     try:
-        yield (
-            f"a local Ray cluster ({config.num_cpus} CPUs, {config.memory_gb:g} GiB, "
-            f"dashboard http://{context.dashboard_url})"
-        )
+        yield
     finally:
-        ray.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+        if saved[0] is None:
+            del os.environ[SINGLE_MACHINE_ENV]
+        else:
+            os.environ[SINGLE_MACHINE_ENV] = saved[0]
 
 
 @dataclass(frozen=True)
 class ClusterCapacity:
-    """The most a cluster can give: its totals and its largest node's CPUs."""
+    """The most a cluster can give: its GPUs and each node's CPUs."""
 
-    cpus: float
     gpus: float
-    largest_node_cpus: float
+    node_cpus: tuple[float, ...]
+
+    @property
+    def cpus(self) -> float:
+        return sum(self.node_cpus)
 
 
 def cluster_capacity() -> ClusterCapacity:
@@ -144,11 +173,32 @@ def cluster_capacity() -> ClusterCapacity:
     groups = list(config.node_group_configs) if config is not None else []
     if groups:
         most = ray._private.state.state.get_max_resources_from_cluster_config() or {}
-        node_cpus = [group.resources.get("CPU", 0) for group in groups]
-    else:
-        most = ray.cluster_resources()
-        node_cpus = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]]
-    return ClusterCapacity(most.get("CPU", 0), most.get("GPU", 0), max(node_cpus, default=0))
+        # A group without a bound (-1) counts as many nodes as any config here could ask for.
+        node_cpus = [
+            group.resources.get("CPU", 0)
+            for group in groups
+            for _ in range(group.max_count if group.max_count >= 0 else 64)
+        ]
+        return ClusterCapacity(most.get("GPU", 0), tuple(node_cpus))
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    return ClusterCapacity(
+        ray.cluster_resources().get("GPU", 0), tuple(node.get("CPU", 0) for node in nodes)
+    )
+
+
+def _free_after_training(config: RayConfig, node_cpus: tuple[float, ...]) -> list[float] | None:
+    """Each node's CPUs left once Ray Train's workers are placed as `placement_strategy` places
+    them (PACK: as few nodes as possible; SPREAD: one node after another), or None where they
+    do not fit."""
+    free = sorted(node_cpus, reverse=True)
+    for _ in range(config.num_workers):
+        fitting = [i for i in range(len(free)) if free[i] >= config.cpus_per_worker]
+        if not fitting:
+            return None
+        spread = config.placement_strategy == "SPREAD"
+        chosen = max(fitting, key=lambda i: free[i]) if spread else fitting[0]
+        free[chosen] -= config.cpus_per_worker
+    return free
 
 
 def unmet_requests(
@@ -172,18 +222,19 @@ def unmet_requests(
         )
     if not training:
         return problems
-    train_cpus = config.num_workers * config.cpus_per_worker
-    if config.cpus_per_worker > capacity.largest_node_cpus:
+    asked = f"ray.num_workers={config.num_workers} x ray.cpus_per_worker={config.cpus_per_worker:g}"
+    nodes = "+".join(f"{cpus:g}" for cpus in sorted(capacity.node_cpus, reverse=True)) or "0"
+    free = _free_after_training(config, capacity.node_cpus)
+    if free is None:
         problems.append(
-            f"ray.cpus_per_worker={config.cpus_per_worker:g} is more than any node has (the "
-            f"largest has {capacity.largest_node_cpus:g} CPUs)"
+            f"{asked} do not fit on the cluster's nodes ({nodes} CPUs) with "
+            f"ray.placement_strategy={config.placement_strategy}"
         )
-    # Ray Data reads and augments the batches Train consumes: it needs a CPU Train leaves free.
-    if train_cpus + 1 > capacity.cpus:
+    # Ray Data reads and augments the batches Train consumes: a task of one CPU must still fit.
+    elif max(free, default=0) < 1:
         problems.append(
-            f"ray.num_workers={config.num_workers} x ray.cpus_per_worker="
-            f"{config.cpus_per_worker:g} ask for {train_cpus:g} CPUs for Ray Train, plus 1 for "
-            f"Ray Data; the cluster has {capacity.cpus:g}"
+            f"{asked} with ray.placement_strategy={config.placement_strategy} leave no node of "
+            f"the cluster ({nodes} CPUs) a whole CPU for Ray Data"
         )
     return problems
 

@@ -1,0 +1,159 @@
+"""`wsss cluster up`: a head and a worker node on this machine, a smoke job submitted to it with
+`ray job submit` as the README says, its work on both nodes, and what the cluster exposes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray.util.state
+from conftest import WSSS, answers_without_token, listeners, user_environment
+
+from wsss.platform.local_cluster import LocalCluster
+
+REPO = Path(__file__).resolve().parent.parent
+RAY = Path(sys.executable).parent / "ray"
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory) -> Iterator[tuple[Path, LocalCluster]]:
+    """(runs folder, cluster) of `wsss cluster up --nodes 2`, two CPUs a node (four on this
+    machine's two cores: Ray's CPU counts are scheduling slots), stopped with `down`."""
+    runs_dir = tmp_path_factory.mktemp("multi") / "runs"
+    command = [str(WSSS), "cluster", "up", "--nodes", "2", "--cpus", "2", "--memory-gb", "4",
+               "--object-store-gb", "0.5", "--runs-dir", str(runs_dir)]  # fmt: skip
+    up = subprocess.run(
+        command, env=user_environment(), capture_output=True, text=True, timeout=300
+    )
+    assert up.returncode == 0, up.stdout + up.stderr
+    cluster = LocalCluster.load(runs_dir / "cluster")
+    assert f"ray job submit --address {cluster.dashboard_url}" in up.stdout
+    assert f"RAY_ADDRESS={cluster.gcs_address} wsss run" in up.stdout
+    try:
+        yield runs_dir, cluster
+    finally:
+        down = subprocess.run(
+            [str(WSSS), "cluster", "down", "--runs-dir", str(runs_dir)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert "stopped 2 node(s): 127.0.0.3, 127.0.0.2" in down.stdout
+
+
+def test_up_starts_each_node_on_its_own_loopback_address_with_its_limits(two_nodes):
+    runs_dir, cluster = two_nodes
+    status = subprocess.run(
+        [str(WSSS), "cluster", "status", "--runs-dir", str(runs_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "node 0 127.0.0.2: running (2 CPUs)" in status.stdout
+    assert "node 1 127.0.0.3: running (2 CPUs)" in status.stdout
+    nodes = {n.node_ip: n for n in ray.util.state.list_nodes(address=cluster.dashboard_url)}
+    assert set(nodes) == {"127.0.0.2", "127.0.0.3"}
+    for index, ip in enumerate(["127.0.0.2", "127.0.0.3"]):
+        resources = nodes[ip].resources_total
+        assert resources["CPU"] == 2 and resources[f"wsss_node_{index}"] == 1
+        assert resources["memory"] == 4 * 1024**3
+        assert resources["object_store_memory"] == 0.5 * 1024**3
+
+
+def test_a_client_without_the_token_is_refused(two_nodes):
+    _, cluster = two_nodes
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{cluster.dashboard_url}/api/jobs/", timeout=30)
+    assert refused.value.code == 401
+    wrong_token = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}
+    joined = subprocess.run(
+        [sys.executable, "-c", f"import ray; ray.init(address='{cluster.gcs_address}')"],
+        env=wrong_token,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert joined.returncode != 0
+    assert "AuthenticationError" in joined.stderr
+
+
+def test_only_token_guarded_core_ports_listen_beyond_loopback(two_nodes):
+    """What listens on other interfaces than loopback: Ray's core gRPC ports, which refuse a
+    client without the token, and the dashboard's own metrics server, which Ray 2.60 binds to
+    every interface on any node address but 127.0.0.1 and cannot turn off."""
+    _, cluster = two_nodes
+    groups = {node.process_group for node in cluster.nodes}
+    ours = [s for s in listeners() if _process_group(s.pid) in groups]
+    assert any(s.process == "gcs_server" for s in ours)  # the cluster's sockets are seen
+    open_to_all = {s for s in ours if not s.loopback and answers_without_token("127.0.0.1", s.port)}
+    dashboard = {s for s in open_to_all if "dashboard.py" in _command_line(s.pid)}
+    assert len(dashboard) == 1
+    assert open_to_all == dashboard
+
+
+def _process_group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+def test_a_submitted_smoke_job_runs_its_tasks_and_train_workers_on_both_nodes(
+    two_nodes, smoke_run, tmp_path: Path
+):
+    """The smoke run's trained classifier is reused; a new CAM setting redraws the CAMs and
+    dense CRF, so that IRNet, the pseudo masks, DeepLabV3+ and the evaluation run again (one
+    epoch each), with Train workers spread over the nodes and an inference actor per CPU."""
+    _, cluster = two_nodes
+    runs_dir = tmp_path / "runs"
+    (runs_dir / "cache").mkdir(parents=True)
+    shutil.copytree(smoke_run[0] / "datasets", runs_dir / "datasets", symlinks=True)
+    for classifier in (smoke_run[0] / "cache").glob("classifier-*"):
+        shutil.copytree(classifier, runs_dir / "cache" / classifier.name, symlinks=True)
+    settings = ["step1.cam_flip=false", "step2.epochs=1", "step3.epochs=1",
+                "ray.placement_strategy=SPREAD", "ray.num_cpus=4", "name=two-nodes"]  # fmt: skip
+    submit = [str(RAY), "job", "submit", "--address", cluster.dashboard_url,
+              "--working-dir", str(REPO), "--submission-id", "wsss-two-nodes", "--",
+              "wsss", "run", "--preset", "smoke", "--runs-dir", str(runs_dir),
+              *[part for setting in settings for part in ("--set", setting)]]  # fmt: skip
+    submitted = subprocess.run(
+        submit, env=user_environment(), capture_output=True, text=True, timeout=1200
+    )
+    shown = submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    assert submitted.returncode == 0, shown
+    assert f"the cluster at {cluster.gcs_address}" in submitted.stdout, shown  # no new cluster
+    assert "[classifier] reusing" in submitted.stdout and "[step1] starting" in submitted.stdout
+    report = json.loads((runs_dir / "two-nodes" / "report.json").read_text())
+    assert report["steps"]["segmentation_tta"]["miou"] >= 0
+
+    node_ips = {n.node_id: n.node_ip for n in ray.util.state.list_nodes(cluster.dashboard_url)}
+    tasks = ray.util.state.list_tasks(
+        cluster.dashboard_url, filters=[("job_id", "!=", "")], limit=10_000, detail=True
+    )
+    # The map stages' names: CAMs, dense CRF, pseudo masks, evaluation.
+    stages = ("CamExtractor", "refine_and_score", "PseudoMaskWriter", "SegmenterScorer")
+    by_stage: dict[str, set[str]] = {stage: set() for stage in stages}
+    for task in tasks:
+        for stage in stages:
+            if f"MapBatches({stage})" in task.name and task.node_id:
+                by_stage[stage].add(node_ips[task.node_id])
+    assert by_stage == {stage: {"127.0.0.2", "127.0.0.3"} for stage in stages}, by_stage
+    train_workers = ray.util.state.list_actors(
+        cluster.dashboard_url, filters=[("class_name", "=", "RayTrainWorker")], limit=1000
+    )
+    assert {node_ips[actor.node_id] for actor in train_workers} == {"127.0.0.2", "127.0.0.3"}
