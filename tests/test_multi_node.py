@@ -19,6 +19,7 @@ from wsss.platform.local_cluster import LocalCluster
 
 REPO = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).parent / "ray"
+pytestmark = pytest.mark.multi_node
 
 
 @pytest.fixture(scope="module")
