@@ -4,18 +4,22 @@ cluster."""
 import os
 import socket
 import threading
+from pathlib import Path
 
+import pytest
 import ray
 import ray.data
 import ray.util.state
 from conftest import listeners, process_tree
 
-from wsss.platform.config import RayConfig
+from wsss.platform import ray_cluster as ray_cluster_module
+from wsss.platform.config import ConfigError, RayConfig
 from wsss.platform.ray_cluster import (
     DEFAULT_DASHBOARD_PORT,
     ClusterCapacity,
     _dashboard_port,
     cluster_capacity,
+    require_shared_storage,
     reserved_dashboard_port,
     unmet_requests,
 )
@@ -144,3 +148,32 @@ def test_the_local_cluster_listens_on_loopback_only(ray_cluster) -> None:
     mine = [s for s in listeners() if s.pid in ours]
     assert {"gcs_server", "raylet"} <= {s.process for s in mine}  # the cluster's sockets seen
     assert [s for s in mine if not s.loopback] == []
+
+
+def test_a_runs_folder_a_node_cannot_see_is_refused_naming_the_setting(
+    ray_cluster, tmp_path: Path, monkeypatch
+) -> None:
+    """Two nodes, one of which has a runs folder of its own (the probe of every node is
+    replaced: on one machine every node sees the same files)."""
+    runs_dir = tmp_path / "runs"
+    monkeypatch.setattr(ray_cluster_module.ray, "nodes", lambda: [{"Alive": True}] * 2)
+    monkeypatch.setattr(
+        ray_cluster_module, "invisible_on_nodes", lambda paths: {"10.0.0.5": [str(paths[0])]}
+    )
+    with pytest.raises(ConfigError) as error:
+        require_shared_storage(runs_dir, None)
+    assert str(error.value).startswith(
+        f"--runs-dir: {runs_dir} is not the same folder on node 10.0.0.5 as here"
+    )
+    assert list(runs_dir.iterdir()) == []  # the probe's file is gone
+    monkeypatch.setattr(
+        ray_cluster_module, "invisible_on_nodes", lambda paths: {"10.0.0.5": [str(paths[1])]}
+    )
+    with pytest.raises(ConfigError, match=f"data.root: {tmp_path} is not the same folder"):
+        require_shared_storage(runs_dir, tmp_path)
+
+
+def test_every_node_of_the_cluster_is_probed_for_the_folders(ray_cluster, tmp_path: Path):
+    assert ray_cluster_module.invisible_on_nodes([tmp_path]) == {}
+    missing = str(tmp_path / "missing")
+    assert ray_cluster_module.invisible_on_nodes([tmp_path / "missing"]) == {"127.0.0.1": [missing]}

@@ -13,7 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from wsss.cli import main
+from wsss.platform.config import ConfigError
 from wsss.platform.store import (
     KEY_FILE,
     Lease,
@@ -21,6 +24,7 @@ from wsss.platform.store import (
     collect_garbage,
     config_key,
     store_entries,
+    writable_runs_folder,
 )
 
 BUILDER = """
@@ -218,3 +222,17 @@ def test_gc_keeps_what_run_folders_use_and_removes_orphans_and_dead_work(tmp_pat
         assert used.exists() and classifier.exists() and building.exists()
     finally:
         lease.release()
+
+
+def test_a_runs_folder_that_cannot_be_written_is_named_before_any_work(tmp_path: Path):
+    """A runs folder under a file (as root, whom permissions do not stop, the way to make a
+    folder nobody can write in)."""
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError) as error:
+        writable_runs_folder(tmp_path / "a-file" / "runs")
+    assert str(error.value) == (
+        f"--runs-dir: cannot write in {tmp_path / 'a-file' / 'runs'}: Not a directory (choose a "
+        f"folder you can write to, with room for the runs)"
+    )
+    assert writable_runs_folder(tmp_path / "runs") == tmp_path / "runs"
+    assert list((tmp_path / "runs").iterdir()) == []  # the probe leaves nothing

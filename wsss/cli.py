@@ -23,7 +23,12 @@ from wsss.platform.datasets.manifest import DatasetError
 from wsss.platform.datasets.stats import dataset_stats, format_stats
 from wsss.platform.datasets.synthetic import build_synthetic_dataset
 from wsss.platform.local_cluster import ClusterError
-from wsss.platform.store import StoreEntry, collect_garbage, store_entries
+from wsss.platform.store import (
+    StoreEntry,
+    collect_garbage,
+    store_entries,
+    writable_runs_folder,
+)
 from wsss.tune_spaces import space_modules
 
 logger = logging.getLogger("wsss.cli")
@@ -134,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     # Resolved here, where the command starts: Ray workers do not run in this folder.
-    runs_dir = args.runs_dir.resolve()
+    runs_dir = writable_runs_folder(args.runs_dir)
     with (
         run_folder(runs_dir, config.name) as run_dir,
         capture_console(run_dir / LOG_FILE) as console,
@@ -159,7 +164,11 @@ def _tune(args: argparse.Namespace) -> int:
         read_plan(folder)  # a folder that is no sweep's fails here, before any work
     else:
         folder = plan_sweep(
-            args.space, _config(args), args.runs_dir, args.num_samples, args.max_concurrent
+            args.space,
+            _config(args),
+            writable_runs_folder(args.runs_dir),
+            args.num_samples,
+            args.max_concurrent,
         )
     with capture_console(folder / "tune.log") as console:
         result = run_sweep(folder)

@@ -43,7 +43,7 @@ from wsss.platform.datasets.manifest import (
 )
 from wsss.platform.datasets.stats import dataset_stats
 from wsss.platform.datasets.synthetic import build_synthetic_dataset
-from wsss.platform.ray_cluster import ray_session
+from wsss.platform.ray_cluster import ray_session, require_shared_storage
 from wsss.platform.steps import (
     classification,
     irnet,
@@ -344,6 +344,7 @@ def run_pipeline(
     ):
         tracked = f"MLflow run {run_id} at {tracker.uri}" if track else "not in MLflow"
         logger.info(f"[wsss] run {config.name} on {where}; {tracked}")
+        require_shared_storage(runs_dir, config.data.root)
         started = time.perf_counter()
         with _step("data"):
             dataset_dir = prepare_dataset(config, runs_dir)

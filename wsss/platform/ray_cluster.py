@@ -17,6 +17,7 @@ import fcntl
 import os
 import socket
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import ray
 import ray._private.state
 import ray.data
 from ray._private import ray_constants
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from wsss.platform.config import ConfigError, RayConfig
 from wsss.platform.local_cluster import LOOPBACK, SINGLE_MACHINE_ENV
@@ -248,4 +250,47 @@ def require_resources(config: RayConfig, training: bool = True) -> None:
             "the Ray cluster cannot run this config: "
             + "; ".join(problems)
             + " (lower these settings, or join a larger cluster through RAY_ADDRESS)"
+        )
+
+
+@ray.remote(num_cpus=0)
+def _invisible(paths: list[str]) -> list[str]:
+    """Those of `paths` this node cannot see."""
+    return [path for path in paths if not Path(path).exists()]
+
+
+def invisible_on_nodes(paths: list[Path]) -> dict[str, list[str]]:
+    """{node address: the paths it cannot see} over the cluster's live nodes."""
+    probes = {
+        node["NodeManagerAddress"]: _invisible.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+        ).remote([str(path) for path in paths])
+        for node in ray.nodes()
+        if node["Alive"]
+    }
+    return {address: missing for address, ref in probes.items() if (missing := ray.get(ref))}
+
+
+def require_shared_storage(runs_dir: Path, data_root: Path | None) -> None:
+    """On a cluster of several nodes, raise `ConfigError` unless every node sees the runs
+    folder as this process does (the step store and Ray Train's checkpoints are read from every
+    node) and the data set's root. A node with a runs folder of the same name that is not the
+    shared one would fail later, on a missing file: every node must see a file written here."""
+    if len([node for node in ray.nodes() if node["Alive"]]) < 2:
+        return
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    marker = runs_dir / f".wsss-visible-{uuid.uuid4().hex}"
+    marker.touch()
+    try:
+        invisible = invisible_on_nodes([marker] + ([data_root] if data_root else []))
+    finally:
+        marker.unlink()
+    for address, missing in sorted(invisible.items()):
+        setting, folder = (
+            ("--runs-dir", runs_dir) if str(marker) in missing else ("data.root", data_root)
+        )
+        raise ConfigError(
+            f"{setting}: {folder} is not the same folder on node {address} as here (it cannot "
+            f"see what is there): every node reads it, so it must be on a filesystem all nodes "
+            f"mount at the same path (see the README's Shared storage)"
         )

@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from wsss.platform.config import ConfigError
 from wsss.platform.console import format_duration
 from wsss.platform.datasets.manifest import write_atomic
 
@@ -240,6 +242,22 @@ def _describe_owner(owner: Mapping[str, Any] | None) -> str:
     if not owner:
         return "another process"
     return f"process {owner.get('pid')} on {owner.get('host')}"
+
+
+def writable_runs_folder(runs_dir: Path) -> Path:
+    """`runs_dir`, resolved and made, once a file could be written in it; else a `ConfigError`
+    naming `--runs-dir`, the folder and why, before any work."""
+    runs_dir = Path(runs_dir).resolve()
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=runs_dir, prefix=".wsss-writable-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"--runs-dir: cannot write in {runs_dir}: {exc.strerror or exc} (choose a folder "
+            f"you can write to, with room for the runs)"
+        ) from exc
+    return runs_dir
 
 
 def config_key(made_from: Mapping[str, Any]) -> str:
