@@ -32,13 +32,13 @@ def two_nodes(tmp_path_factory) -> Iterator[tuple[Path, LocalCluster]]:
     up = subprocess.run(
         command, env=user_environment(), capture_output=True, text=True, timeout=300
     )
-    assert up.returncode == 0, up.stdout + up.stderr
-    cluster = LocalCluster.load(runs_dir / "cluster")
-    assert f"ray job submit --address {cluster.dashboard_url}" in up.stdout
-    assert f"RAY_ADDRESS={cluster.gcs_address} wsss run" in up.stdout
     try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        cluster = LocalCluster.load(runs_dir / "cluster")
+        assert f"ray job submit --address {cluster.dashboard_url}" in up.stdout
+        assert f"RAY_ADDRESS={cluster.gcs_address} wsss run" in up.stdout
         yield runs_dir, cluster
-    finally:
+    finally:  # also after a failed `up`: it may have started nodes
         down = subprocess.run(
             [str(WSSS), "cluster", "down", "--runs-dir", str(runs_dir)],
             capture_output=True,

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import ray.cloudpickle
 from conftest import WSSS, user_environment
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -119,6 +120,14 @@ def test_a_resume_refuses_tune_state_that_does_not_read_back(tmp_path: Path):
     check_tune_state(tmp_path)
     (tmp_path / "experiment_state-2026-12-01_11-00-00.json").write_text("")  # killed mid-copy
     with pytest.raises(ConfigError, match=r"11-00-00\.json is incomplete"):
+        check_tune_state(tmp_path)
+    (tmp_path / "experiment_state-2026-12-01_11-00-00.json").write_text('{"trial_data": []}')
+    # The search algorithm's state is a cloudpickle, named .json.
+    search_state = tmp_path / "basic-variant-state-2026-12-01_11-00-00.json"
+    search_state.write_bytes(ray.cloudpickle.dumps({"iterators": []}))
+    check_tune_state(tmp_path)
+    search_state.write_bytes(ray.cloudpickle.dumps({"iterators": []})[:5])  # cut short
+    with pytest.raises(ConfigError, match=r"basic-variant-state-2026-12-01_11-00-00\.json is"):
         check_tune_state(tmp_path)
 
 

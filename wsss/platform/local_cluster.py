@@ -157,11 +157,13 @@ def _node_start_environment() -> dict[str, str]:
     """A node's: no metrics export, whose server would answer anyone on every interface; the
     dashboard's metrics server on a free port, as two clusters on a machine would otherwise
     both want Ray's fixed one."""
-    return {
+    environment = {
         **node_environment(),
         "RAY_enable_metrics_collection": "0",
         "DASHBOARD_METRIC_PORT": str(_free_port()),
     }
+    environment.pop(SINGLE_MACHINE_ENV, None)  # a worker node refuses to start in that mode
+    return environment
 
 
 def _start_command(node: NodeSpec, gcs_address: str, dashboard_port: int) -> list[str]:
@@ -193,11 +195,21 @@ def _start_command(node: NodeSpec, gcs_address: str, dashboard_port: int) -> lis
     return [ray, "start", "--address", gcs_address, *common]
 
 
-def _wait_for_nodes(cluster: LocalCluster, deadline: float) -> None:
-    """Block until every node of `cluster` has joined, or raise naming the missing ones."""
+def _require_running(cluster: LocalCluster, folder: Path) -> None:
+    for node in cluster.nodes:
+        if not _alive(node):
+            raise ClusterError(
+                f"node {node.address} stopped while starting: see {folder}/node-{node.index}.log"
+            )
+
+
+def _wait_for_nodes(cluster: LocalCluster, folder: Path, deadline: float) -> None:
+    """Block until every node of `cluster` has joined; raise naming a node that stopped, or
+    those missing at `deadline`."""
     import ray
 
     while True:
+        _require_running(cluster, folder)
         try:
             ray.init(address=cluster.gcs_address, logging_level="ERROR", log_to_driver=False)
             break
@@ -208,6 +220,7 @@ def _wait_for_nodes(cluster: LocalCluster, deadline: float) -> None:
     try:
         wanted = {node.address for node in cluster.nodes}
         while True:
+            _require_running(cluster, folder)
             alive = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
             if wanted <= alive:
                 return
@@ -261,8 +274,8 @@ def cluster_up(
                 cluster = LocalCluster(cluster.gcs_address, cluster.dashboard_url, tuple(started))
                 cluster.save(folder)
                 if node.index == 0:
-                    _wait_for_nodes(cluster, time.monotonic() + START_TIMEOUT_S)
-            _wait_for_nodes(cluster, time.monotonic() + START_TIMEOUT_S)
+                    _wait_for_nodes(cluster, folder, time.monotonic() + START_TIMEOUT_S)
+            _wait_for_nodes(cluster, folder, time.monotonic() + START_TIMEOUT_S)
         except BaseException:
             cluster_down(folder)
             raise

@@ -102,36 +102,38 @@ def _connection(config: RayConfig) -> Iterator[str]:
         finally:
             ray.shutdown()
         return
-    with _single_machine_mode(config.node_ip_address):
-        with reserved_dashboard_port(config.dashboard_host) as dashboard_port:
-            context = ray.init(
-                address="local",
-                num_cpus=config.num_cpus,
-                _memory=int(config.memory_gb * GIB),
-                object_store_memory=int(config.object_store_gb * GIB),
-                _node_ip_address=config.node_ip_address,
-                include_dashboard=True,
-                dashboard_host=config.dashboard_host,
-                dashboard_port=dashboard_port,
-                # Ray's state API (which Ray Train's PlacementGroupCleaner polls for its
-                # controller) otherwise finds the cluster through /tmp/ray/ray_current_cluster,
-                # which only `ray start` writes: from a cluster started here it reached a stale
-                # cluster or none, and the cleaner died with a GCS-timeout traceback in every
-                # training run.
-                runtime_env={
-                    "env_vars": {
-                        "RAY_API_SERVER_ADDRESS": f"http://{config.dashboard_host}:{dashboard_port}"
-                    },
-                    "worker_process_setup_hook": WORKER_SETUP_HOOK,
+    with (
+        reserved_dashboard_port(config.dashboard_host) as dashboard_port,
+        _single_machine_mode(config.node_ip_address),
+    ):
+        context = ray.init(
+            address="local",
+            num_cpus=config.num_cpus,
+            _memory=int(config.memory_gb * GIB),
+            object_store_memory=int(config.object_store_gb * GIB),
+            _node_ip_address=config.node_ip_address,
+            include_dashboard=True,
+            dashboard_host=config.dashboard_host,
+            dashboard_port=dashboard_port,
+            # Ray's state API (which Ray Train's PlacementGroupCleaner polls for its
+            # controller) otherwise finds the cluster through /tmp/ray/ray_current_cluster,
+            # which only `ray start` writes: from a cluster started here it reached a stale
+            # cluster or none, and the cleaner died with a GCS-timeout traceback in every
+            # training run.
+            runtime_env={
+                "env_vars": {
+                    "RAY_API_SERVER_ADDRESS": f"http://{config.dashboard_host}:{dashboard_port}"
                 },
-            )
-        try:
-            yield (
-                f"a local Ray cluster ({config.num_cpus} CPUs, {config.memory_gb:g} GiB, "
-                f"dashboard http://{context.dashboard_url})"
-            )
-        finally:
-            ray.shutdown()
+                "worker_process_setup_hook": WORKER_SETUP_HOOK,
+            },
+        )
+    try:
+        yield (
+            f"a local Ray cluster ({config.num_cpus} CPUs, {config.memory_gb:g} GiB, "
+            f"dashboard http://{context.dashboard_url})"
+        )
+    finally:
+        ray.shutdown()
 
 
 @contextmanager
@@ -140,7 +142,9 @@ def _single_machine_mode(node_ip_address: str) -> Iterator[None]:
     in which every service of the node listens on loopback only, the metrics servers included.
     Anywhere else Ray binds them to every interface, and rewrites 127.0.0.1 to the machine's
     network address. The processes the cluster starts read the mode from the environment;
-    this one read it when Ray was imported, hence the constant."""
+    this one read it when Ray was imported, hence the constant. Both only while the cluster
+    starts: processes this one starts later (a `ray start` of another cluster) must not
+    inherit the mode."""
     if node_ip_address != LOOPBACK:
         yield
         return

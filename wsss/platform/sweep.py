@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -54,7 +55,9 @@ PLAN_FILE = "sweep.json"
 TRIALS_DIR = "trials"
 TRIAL_TAG = "wsss.tune_trial_id"
 TRIAL_MEMORY = 64 * 1024**2
-TUNE_STATE_PATTERN = "experiment_state-*.json"
+# Tune's saved state in a sweep's folder: the experiment's (JSON) and its search algorithm's
+# (cloudpickle, whatever the file name says); a resume reads the newest of each.
+TUNE_STATE_PATTERNS = {"experiment_state-*.json": json.loads, "basic-variant-state-*.json": None}
 # Fault injection for the resume test: the driver dies, as if killed, once this many trials
 # have finished and Tune has saved the experiment.
 EXIT_AFTER_TRIALS_ENV = "WSSS_SWEEP_EXIT_AFTER_TRIALS"
@@ -253,7 +256,18 @@ class SweepTracker(tune.Callback):
             # Tune has just saved the experiment and copies it into the sweep's folder in the
             # background (its trials share the experiment's syncer); dying during that copy
             # leaves an empty state file, which no resume can read.
-            trials[0].storage.syncer.wait()
+            storage = trials[0].storage
+            storage.syncer.wait()
+            # A copy made before this step's save may still hold a file cut short: copy the
+            # saved state (nothing writes it while this callback runs) once more.
+            if unreadable_tune_state(Path(storage.experiment_fs_path)):
+                storage.syncer.sync_up(
+                    storage.experiment_driver_staging_path, storage.experiment_fs_path
+                )
+                storage.syncer.wait()
+            unreadable = unreadable_tune_state(Path(storage.experiment_fs_path))
+            if unreadable:
+                raise RuntimeError(f"{EXIT_AFTER_TRIALS_ENV}: {unreadable} did not read back")
             logger.warning(f"[tune] {EXIT_AFTER_TRIALS_ENV}={self.exit_after}: the driver dies")
             os._exit(9)
 
@@ -324,21 +338,31 @@ class SweepResult:
     parent_run_id: str | None
 
 
+def unreadable_tune_state(folder: Path) -> str | None:
+    """The name of the newest of Tune's saved state files in `folder` that does not read back
+    (empty or cut short), if any."""
+    for pattern, load in TUNE_STATE_PATTERNS.items():
+        states = sorted(Path(folder).glob(pattern))
+        if not states:
+            continue  # not saved yet: Tune starts from nothing, and loses nothing
+        try:
+            (load or ray.cloudpickle.loads)(states[-1].read_bytes())
+        except (ValueError, EOFError, pickle.UnpicklingError):
+            return states[-1].name
+    return None
+
+
 def check_tune_state(folder: Path) -> None:
     """Tune's newest saved state in a sweep's folder must read back: where it does not (the
     driver killed while Tune copied it there), Tune would start the sweep over under new trial
     names, running and logging every trial again."""
-    states = sorted(Path(folder).glob(TUNE_STATE_PATTERN))
-    if not states:
-        return  # killed before Tune saved anything: starting over loses nothing
-    try:
-        json.loads(states[-1].read_text())
-    except ValueError:
+    unreadable = unreadable_tune_state(folder)
+    if unreadable:
         raise ConfigError(
-            f"--resume {folder}: Tune's saved state {states[-1].name} is incomplete (the "
-            "sweep's driver died while Tune wrote it), so the sweep cannot be resumed; start "
-            "it again with `wsss tune`: the steps its trials finished come from the store"
-        ) from None
+            f"--resume {folder}: Tune's saved state {unreadable} is incomplete (the sweep's "
+            "driver died while Tune wrote it), so the sweep cannot be resumed; start it again "
+            "with `wsss tune`: the steps its trials finished come from the store"
+        )
 
 
 def read_plan(folder: Path) -> SweepPlan:
