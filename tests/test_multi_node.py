@@ -122,8 +122,11 @@ def test_a_submitted_smoke_job_runs_its_tasks_and_train_workers_on_both_nodes(
     epoch each), with Train workers spread over the nodes and an inference actor per CPU."""
     _, cluster = two_nodes
     runs_dir = tmp_path / "runs"
-    (runs_dir / "cache").mkdir(parents=True)
-    shutil.copytree(smoke_run[0] / "datasets", runs_dir / "datasets", symlinks=True)
+    for folder in ("datasets", "cache"):
+        (runs_dir / folder).mkdir(parents=True)
+    # Linked, not copied: step keys hold the data set's resolved path.
+    for dataset in (smoke_run[0] / "datasets").iterdir():
+        (runs_dir / "datasets" / dataset.name).symlink_to(dataset)
     for classifier in (smoke_run[0] / "cache").glob("classifier-*"):
         shutil.copytree(classifier, runs_dir / "cache" / classifier.name, symlinks=True)
     settings = ["step1.cam_flip=false", "step2.epochs=1", "step3.epochs=1",

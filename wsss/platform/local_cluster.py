@@ -42,7 +42,7 @@ HEAD_NODE_ADDRESS = "127.0.0.2"
 # Turns on Ray's single-machine mode (`ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR`), spelt out:
 # importing Ray here would slow every `wsss` command.
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-# ray start's own limits on how long a node takes to come up.
+# How long a node may take to join the cluster before `up` gives up.
 START_TIMEOUT_S = 180
 
 

@@ -1,10 +1,11 @@
 """Where a job runs: the cluster in `RAY_ADDRESS` / `ray.address`, or a local one.
 
-A local cluster is started on a loopback node address (Ray rewrites 127.0.0.1 to the
-machine's network address; 127.0.0.2 stays on loopback), with the dashboard on 127.0.0.1,
-explicit CPU, memory and object-store limits, and Ray's token authentication on: Ray's core
-ports bind every interface whatever the node address, so the token is what keeps others out.
-Its workers reach Ray's state API at the dashboard's address.
+A local cluster is started on node address 127.0.0.1 in Ray's single-machine mode, where every
+port it opens listens on loopback only (`_single_machine_mode`), with the dashboard on
+127.0.0.1, explicit CPU, memory and object-store limits, and Ray's token authentication on.
+Its workers reach Ray's state API at the dashboard's address. On connecting, a config that
+asks for more than the cluster can give is refused (`require_resources`); before a run, so is
+a cluster of several nodes that do not share the runs folder (`require_shared_storage`).
 
 Every worker of a job (local cluster or joined) sets up its logging with
 `wsss.platform.console.setup_worker_logging`, so its `wsss` lines reach the driver's console.
@@ -194,8 +195,8 @@ def cluster_capacity() -> ClusterCapacity:
 
 def _free_after_training(config: RayConfig, node_cpus: tuple[float, ...]) -> list[float] | None:
     """Each node's CPUs left once Ray Train's workers are placed as `placement_strategy` places
-    them (PACK: as few nodes as possible; SPREAD: one node after another), or None where they
-    do not fit."""
+    them (PACK: the first node with room, biggest first; SPREAD: the node with the most room),
+    or None where they do not fit."""
     free = sorted(node_cpus, reverse=True)
     for _ in range(config.num_workers):
         fitting = [i for i in range(len(free)) if free[i] >= config.cpus_per_worker]
