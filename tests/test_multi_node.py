@@ -146,9 +146,7 @@ def test_a_submitted_smoke_job_runs_its_tasks_and_train_workers_on_both_nodes(
     assert report["steps"]["segmentation_tta"]["miou"] >= 0
 
     node_ips = {n.node_id: n.node_ip for n in ray.util.state.list_nodes(cluster.dashboard_url)}
-    tasks = ray.util.state.list_tasks(
-        cluster.dashboard_url, filters=[("job_id", "!=", "")], limit=10_000, detail=True
-    )
+    tasks = ray.util.state.list_tasks(cluster.dashboard_url, limit=10_000, detail=True)
     # The map stages' names: CAMs, dense CRF, pseudo masks, evaluation.
     stages = ("CamExtractor", "refine_and_score", "PseudoMaskWriter", "SegmenterScorer")
     by_stage: dict[str, set[str]] = {stage: set() for stage in stages}
@@ -160,4 +158,5 @@ def test_a_submitted_smoke_job_runs_its_tasks_and_train_workers_on_both_nodes(
     train_workers = ray.util.state.list_actors(
         cluster.dashboard_url, filters=[("class_name", "=", "RayTrainWorker")], limit=1000
     )
-    assert {node_ips[actor.node_id] for actor in train_workers} == {"127.0.0.2", "127.0.0.3"}
+    placed = {node_ips[actor.node_id] for actor in train_workers if actor.node_id}
+    assert placed == {"127.0.0.2", "127.0.0.3"}
