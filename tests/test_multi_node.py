@@ -114,7 +114,7 @@ def _command_line(pid: int) -> str:
         return ""
 
 
-def test_a_submitted_smoke_job_runs_its_tasks_and_train_workers_on_both_nodes(
+def test_a_submitted_smoke_job_runs_its_stages_and_train_workers_on_both_nodes(
     two_nodes, smoke_run, tmp_path: Path
 ):
     """The smoke run's trained classifier is reused; a new CAM setting redraws the CAMs and
@@ -154,7 +154,10 @@ def test_a_submitted_smoke_job_runs_its_tasks_and_train_workers_on_both_nodes(
         for stage in stages:
             if f"MapBatches({stage})" in task.name and task.node_id:
                 by_stage[stage].add(node_ips[task.node_id])
-    assert by_stage == {stage: {"127.0.0.2", "127.0.0.3"} for stage in stages}, by_stage
+    # Every stage ran, and the stages together on both nodes: Ray Data's tasks spread, but an
+    # actor pool may start all its actors on one node.
+    assert all(by_stage.values()), by_stage
+    assert set().union(*by_stage.values()) == {"127.0.0.2", "127.0.0.3"}, by_stage
     train_workers = ray.util.state.list_actors(
         cluster.dashboard_url, filters=[("class_name", "=", "RayTrainWorker")], limit=1000
     )
