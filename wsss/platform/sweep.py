@@ -16,6 +16,7 @@ on from there: finished trials are not run again and MLflow gets no second child
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import itertools
 import json
@@ -33,6 +34,7 @@ import mlflow
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
+from ray.tune.execution.tune_controller import TuneController
 from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
 from wsss.platform.config import ConfigError, WsssConfig, merge, validate
@@ -253,19 +255,14 @@ class SweepTracker(tune.Callback):
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if self.exit_after is not None and self.finished >= self.exit_after:
-            # Tune has just saved the experiment and copies it into the sweep's folder in the
-            # background (its trials share the experiment's syncer); dying during that copy
-            # leaves an empty state file, which no resume can read.
-            storage = trials[0].storage
-            storage.syncer.wait()
-            # A copy made before this step's save may still hold a file cut short: copy the
-            # saved state (nothing writes it while this callback runs) once more.
-            if unreadable_tune_state(Path(storage.experiment_fs_path)):
-                storage.syncer.sync_up(
-                    storage.experiment_driver_staging_path, storage.experiment_fs_path
-                )
-                storage.syncer.wait()
-            unreadable = unreadable_tune_state(Path(storage.experiment_fs_path))
+            # Tune saves the experiment at most every few seconds and copies it into the
+            # sweep's folder on a background thread of the controller's syncer (each trial
+            # holds a deep copy of the storage context, whose syncer copies nothing); dying
+            # during that copy leaves empty state files, which no resume reads. A callback is
+            # not handed the controller, hence the search for it.
+            (controller,) = [o for o in gc.get_objects() if isinstance(o, TuneController)]
+            controller.checkpoint(force=True, wait=True)
+            unreadable = unreadable_tune_state(Path(trials[0].storage.experiment_fs_path))
             if unreadable:
                 raise RuntimeError(f"{EXIT_AFTER_TRIALS_ENV}: {unreadable} did not read back")
             logger.warning(f"[tune] {EXIT_AFTER_TRIALS_ENV}={self.exit_after}: the driver dies")
