@@ -8,8 +8,11 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -51,6 +54,45 @@ def user_environment() -> dict[str, str]:
     path = env.get("PATH", "").split(os.pathsep)
     env["PATH"] = os.pathsep.join(p for p in path if Path(p) != WSSS.parent)
     return env
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(command: list[str], base: str, **popen: object) -> Iterator[subprocess.Popen]:
+    """`command` started in a session of its own, once `base`/health answers; stopped (its
+    whole process group) after the block, unless the block stopped it first."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True, **popen,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=5):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, f"{command[:4]} did not answer at {base}"
+                time.sleep(1)
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+        process.stdout.close()
+
+
+def mlflow_server(backend_uri: str, port: int) -> contextlib.AbstractContextManager:
+    """An MLflow tracking server over `backend_uri` on 127.0.0.1:`port`."""
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    return serving(command, f"http://127.0.0.1:{port}")
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import WSSS
+from conftest import WSSS, free_port, mlflow_server, user_environment
 from mlflow.tracking import MlflowClient
 
+from wsss.platform import pipeline
 from wsss.platform.datasets.images import read_mask, read_rgb
 from wsss.platform.datasets.manifest import load_dataset
 from wsss.platform.pipeline import (
@@ -25,6 +26,7 @@ from wsss.platform.pipeline import (
     _data_key,
     _step1,
     format_table2,
+    log_step,
     run_pipeline,
     steps_made_from,
     table2,
@@ -152,6 +154,62 @@ def test_mlflow_holds_the_parent_and_step_runs_with_the_same_numbers(smoke_run):
     # Artifacts stay next to the database, not in ./mlruns of wherever the run was started.
     assert parent.info.artifact_uri.startswith((runs_dir / "mlartifacts").resolve().as_uri())
     assert (runs_dir / "mlartifacts").is_dir()
+
+
+def test_a_tracking_server_that_goes_away_mid_run_loses_nothing(
+    ray_cluster, smoke_run, smoke_config, user_folder, tmp_path, monkeypatch, caplog
+):
+    """The smoke settings (every step reused) logged to an MLflow server that is stopped once
+    step 1 is logged: the run completes, says so once, and its report holds every number;
+    `wsss log` then logs the run folder to another store as the run would have."""
+    runs_dir, first = smoke_run
+    config = smoke_config.model_copy(deep=True)
+    config.name = "smoke-tracking"
+    port = free_port()
+    config.tracking.tracking_uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", port) as server:
+
+        def log_step_then_stop_the_server(tracker, config, step, summary):
+            log_step(tracker, config, step, summary)
+            if step == "step1":
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+
+        monkeypatch.setattr(pipeline, "log_step", log_step_then_stop_the_server)
+        with caplog.at_level(logging.WARNING, logger="wsss"):
+            report = run_pipeline(config, runs_dir)
+    said = [r.getMessage() for r in caplog.records if "is unavailable" in r.getMessage()]
+    assert len(said) == 1 and f"wsss log {runs_dir / config.name}" in said[0]
+    written = json.loads((runs_dir / config.name / REPORT_FILE).read_text())
+    assert written["mlflow"]["unavailable"] and written["mlflow"]["run_id"]
+    assert written["steps"] == first["steps"] and written["test_steps"] == first["test_steps"]
+
+    later = f"sqlite:///{tmp_path / 'later.db'}"
+    logged = subprocess.run(
+        [str(WSSS), "log", str(runs_dir / config.name), "--tracking-uri", later],
+        cwd=user_folder, env=user_environment(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert logged.returncode == 0, logged.stdout[-3000:] + logged.stderr[-3000:]
+    relogged = json.loads((runs_dir / config.name / REPORT_FILE).read_text())
+    assert relogged["mlflow"] == {
+        "tracking_uri": later, "run_id": relogged["mlflow"]["run_id"], "unavailable": None
+    }  # fmt: skip
+    client = MlflowClient(later)
+    parent = client.get_run(relogged["mlflow"]["run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.params["name"] == config.name
+    for name in STEPS:
+        assert parent.data.metrics[f"{name}_miou"] == pytest.approx(report["steps"][name]["miou"])
+        test_miou = report["test_steps"][name]["miou"]
+        assert parent.data.metrics[f"test_{name}_miou"] == pytest.approx(test_miou)
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+    )
+    assert {run.info.run_name for run in children} == {"step1", "step2", "step3"}
+    step3 = next(run for run in children if run.info.run_name == "step3")
+    assert len(client.get_metric_history(step3.info.run_id, "loss")) == config.step3.epochs
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "panels")]
 
 
 def _logged(caplog: pytest.LogCaptureFixture) -> str:

@@ -10,7 +10,7 @@ import pytest
 import ray
 import ray.data
 import ray.util.state
-from conftest import listeners, process_tree
+from conftest import free_port, listeners, process_tree
 
 from wsss.platform import ray_cluster as ray_cluster_module
 from wsss.platform.config import ConfigError, RayConfig
@@ -56,16 +56,10 @@ def test_a_taken_dashboard_port_gives_way_to_a_free_one() -> None:
     assert port not in (DEFAULT_DASHBOARD_PORT, 0)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_runs_started_at_once_get_different_dashboard_ports() -> None:
     """The first run has chosen its port and not yet listens on it (its dashboard is starting)
     when a second run chooses: the second waits, then sees the port taken."""
-    preferred = _free_port()
+    preferred = free_port()
     second: list[int] = []
 
     def start_second_run() -> None:

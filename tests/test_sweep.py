@@ -3,18 +3,13 @@ end with, and `wsss tune` as a user runs it, its driver killed mid-way and resum
 read back from an MLflow server."""
 
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import ray.cloudpickle
-from conftest import WSSS, user_environment
+from conftest import WSSS, free_port, mlflow_server, user_environment
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
@@ -157,12 +152,6 @@ def test_the_table_puts_the_best_first_and_failures_last():
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _search_children(base: str, parent_run_id: str) -> list[dict]:
     experiment = json.loads(
         urllib.request.urlopen(
@@ -214,26 +203,9 @@ def test_a_sweep_killed_mid_way_resumes_without_rerunning_or_logging_twice(
     irnet = next(line for line in resumed.stdout.splitlines() if line.startswith("  irnet:"))
     assert "built" not in irnet  # IRNet was trained once, by the smoke run
 
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-         f"sqlite:///{runs_dir / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=5)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the MLflow server did not answer"
-                time.sleep(1)
-        children = _search_children(base, plan["parent_run_id"])
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+    port = free_port()
+    with mlflow_server(f"sqlite:///{runs_dir / 'mlflow.db'}", port):
+        children = _search_children(f"http://127.0.0.1:{port}", plan["parent_run_id"])
     assert len(children) == 2  # one per trial, none twice
     for run in children:
         params = {p["key"] for p in run["data"]["params"]}

@@ -3,19 +3,15 @@ script: what the console shows, the run's log, a step that cannot start, predict
 legend, and the MLflow UI serving the run."""
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import WSSS, user_environment
+from conftest import WSSS, free_port, serving, user_environment
 
 from wsss.platform.datasets.images import read_mask, read_rgb, voc_palette
 from wsss.stages.segmentation.render import LEGEND_ROW
@@ -130,12 +126,6 @@ def test_predict_writes_masks_and_overlays_with_a_legend(smoke_run, user_folder:
         assert (line == PALETTE[class_id]).all(axis=-1).sum() >= 25, class_id
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _get(base: str, endpoint: str, **query: str) -> dict:
     url = f"{base}{endpoint}?{urllib.parse.urlencode(query)}"
     with urllib.request.urlopen(url, timeout=30) as response:
@@ -154,31 +144,11 @@ def _post(base: str, endpoint: str, body: dict) -> dict:
 @pytest.fixture
 def mlflow_ui(smoke_run, user_folder: Path):
     """`wsss ui` as the README says, venv not activated; yields the UI's base URL."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [str(WSSS), "ui", "--port", str(port)],
-        cwd=user_folder,
-        env=user_environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the MLflow UI did not answer"
-                time.sleep(1)
+    command = [str(WSSS), "ui", "--port", str(port)]
+    with serving(command, base, cwd=user_folder, env=user_environment()):
         yield base
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
 
 
 def test_the_ui_serves_the_run_its_steps_metrics_panels_and_model(smoke_run, mlflow_ui):

@@ -210,6 +210,20 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log(args: argparse.Namespace) -> int:
+    from wsss.platform.pipeline import log_run
+    from wsss.platform.tracking import TrackingUnavailableError
+
+    try:
+        report = log_run(args.run_dir, args.tracking_uri)
+    except TrackingUnavailableError as exc:
+        print(f"wsss: error: {exc}; nothing in {args.run_dir} changed", file=sys.stderr)
+        return 1
+    mlflow = report["mlflow"]
+    print(f"logged {args.run_dir} as MLflow run {mlflow['run_id']} at {mlflow['tracking_uri']}")
+    return 0
+
+
 def _made_from_text(made_from: dict | None) -> str:
     """`data 1a2b3c4d5e6f, seed 0, step1 (20 settings)`: upstream keys and values as they
     are, config sections by their size."""
@@ -321,6 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", type=Path, nargs="+", help="images or folders of images")
     predict.add_argument("--out", type=Path, required=True, help="folder for masks and overlays")
     predict.set_defaults(handler=_predict)
+
+    log = commands.add_parser(
+        "log", help="log a finished run to MLflow from its folder (when tracking was down)"
+    )
+    log.add_argument("run_dir", type=Path, help="runs/<name> of a finished run")
+    log.add_argument(
+        "--tracking-uri", help="the MLflow store to log to (default: the run's own store)"
+    )
+    log.set_defaults(handler=_log)
 
     sweep = commands.add_parser("tune", help="sweep a search space with Ray Tune")
     sweep.add_argument(

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from wsss.platform.config import ConfigError, WsssConfig, to_yaml
+from wsss.platform.config import ConfigError, WsssConfig, load_config, to_yaml
 from wsss.platform.console import describe_error
 from wsss.platform.datasets.images import read_mask, read_rgb
 from wsss.platform.datasets.manifest import (
@@ -52,8 +52,8 @@ from wsss.platform.steps import (
     segmentation,
 )
 from wsss.platform.steps.irnet import confident_ids
-from wsss.platform.store import Lease, StepStore, config_key
-from wsss.platform.tracking import Tracker, metric_values
+from wsss.platform.store import SUMMARY_FILE, Lease, StepStore, config_key
+from wsss.platform.tracking import Tracker, TrackingUnavailableError, metric_values
 from wsss.stages.segmentation.render import colorize, side_by_side
 
 logger = logging.getLogger(__name__)
@@ -336,7 +336,7 @@ def run_pipeline(
             return run_pipeline(config, runs_dir, claimed, track)
     write_atomic(run_dir / "config.yaml", to_yaml(config))
     timings: dict[str, float] = {}
-    tracker = Tracker(config.tracking, runs_dir, enabled=track)
+    tracker = Tracker(config.tracking, runs_dir, enabled=track, run_dir=run_dir)
     store = StepStore(runs_dir / "cache")
     with (
         ray_session(config.ray) as where,
@@ -379,17 +379,11 @@ def run_pipeline(
             ),
         }
         for step in PIPELINE_STEPS:
-            with (
-                _step(step),
-                tracker.step_run(step, getattr(config, step).model_dump(mode="json")),
-            ):
+            with _step(step):
                 folders[step], summaries[step] = store.run(step, made_from[step], builders[step])
                 timings[step] = summaries[step]["duration_s"]
-                tracker.log_history(summaries[step].get("history", []))
-                for split, metrics in summaries[step].get("metrics", {}).items():
-                    for name, summary in metrics.items():
-                        tracker.log_metrics(metric_values(summary, _metric_prefix(name, split)))
                 _link_folder(run_dir / step, folders[step])
+            log_step(tracker, config, step, summaries[step])
 
         started = time.perf_counter()
         with _step("evaluation"):
@@ -406,16 +400,6 @@ def run_pipeline(
                 for split in splits
             }
             timings["evaluation"] = time.perf_counter() - started
-            for split, metrics in steps.items():
-                for name, summary in metrics.items():
-                    tracker.log_metrics(metric_values(summary, _metric_prefix(name, split)))
-            if tracker.enabled:  # what only MLflow shows: not drawn for a sweep's trial
-                segmenter = segmentation.Segmenter(
-                    str(folders["step3"] / segmentation.SEGMENTER_FILE), str(info.root), None
-                )
-                for image_id, panel in _panels(info, rows, config, folders, segmenter):
-                    tracker.log_image(panel, f"panels/{image_id}.png")
-                tracker.log_model(segmenter.model, "segmenter")
 
         top_scores = summaries["step1"]["train_top_scores"]
         report = {
@@ -433,8 +417,68 @@ def run_pipeline(
             "run_dir": str(run_dir),
             "mlflow": {"tracking_uri": tracker.uri, "run_id": run_id},
         }
-        tracker.log_dict(report, "report.json")
-        tracker.log_dict(table2(report), "table2.json")
+        _log_results(tracker, config, info, rows, folders, report)
+    report["mlflow"]["unavailable"] = tracker.unavailable
+    write_atomic(run_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def log_step(tracker: Tracker, config: WsssConfig, step: str, summary: dict[str, Any]) -> None:
+    """A step's nested run: its settings, per-epoch history and scores."""
+    with tracker.step_run(step, getattr(config, step).model_dump(mode="json")):
+        tracker.log_history(summary.get("history", []))
+        for split, metrics in summary.get("metrics", {}).items():
+            for name, scores in metrics.items():
+                tracker.log_metrics(metric_values(scores, _metric_prefix(name, split)))
+
+
+def _log_results(
+    tracker: Tracker,
+    config: WsssConfig,
+    info: DatasetInfo,
+    rows: list[ManifestRow],
+    folders: dict[str, Path],
+    report: dict[str, Any],
+) -> None:
+    """The parent run's scores of every step, Figure-2 panels, the final model and the
+    report."""
+    for split, metrics in (("val", report["steps"]), ("test", report["test_steps"])):
+        for name, scores in metrics.items():
+            tracker.log_metrics(metric_values(scores, _metric_prefix(name, split)))
+    if tracker.enabled:  # what only MLflow shows: not drawn for a sweep's trial
+        segmenter = segmentation.Segmenter(
+            str(folders["step3"] / segmentation.SEGMENTER_FILE), str(info.root), None
+        )
+        for image_id, panel in _panels(info, rows, config, folders, segmenter):
+            tracker.log_image(panel, f"panels/{image_id}.png")
+        tracker.log_model(segmenter.model, "segmenter")
+    tracker.log_dict(report, REPORT_FILE)
+    tracker.log_dict(table2(report), "table2.json")
+
+
+def log_run(run_dir: Path, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Log a finished run from its folder to MLflow (`tracking_uri`, else the run's store) as
+    the run itself would have: a parent run with the step runs, scores, panels, model and
+    report. Returns the report with its new `mlflow` entry, written back to the folder."""
+    run_dir = Path(run_dir).resolve()
+    if not (run_dir / REPORT_FILE).is_file():
+        raise ConfigError(f"{run_dir}: no {REPORT_FILE} (not a finished run's folder)")
+    config = load_config(None, run_dir / "config.yaml")
+    if tracking_uri:
+        config.tracking.tracking_uri = tracking_uri
+    report = json.loads((run_dir / REPORT_FILE).read_text())
+    folders = {step: (run_dir / step).resolve() for step in PIPELINE_STEPS}
+    summaries = {step: json.loads((folders[step] / SUMMARY_FILE).read_text()) for step in folders}
+    info, rows = load_dataset(run_dir / "dataset")
+    tracker = Tracker(config.tracking, run_dir.parent, run_dir=run_dir)
+    with tracker.parent_run(config.name, config.model_dump(mode="json")) as run_id:
+        for step in PIPELINE_STEPS:
+            log_step(tracker, config, step, summaries[step])
+        report["mlflow"] = {"tracking_uri": tracker.uri, "run_id": run_id}
+        _log_results(tracker, config, info, rows, folders, report)
+    if tracker.unavailable:
+        raise TrackingUnavailableError(f"MLflow at {tracker.uri}: {tracker.unavailable}")
+    report["mlflow"]["unavailable"] = None
     write_atomic(run_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
 

@@ -1,0 +1,56 @@
+"""The tracker over a store that does not answer: the run goes on, told once."""
+
+import logging
+import os
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import free_port
+
+from wsss.platform.config import TrackingConfig
+from wsss.platform.tracking import Tracker
+
+
+def test_a_store_that_does_not_answer_is_said_once_and_nothing_waits_on_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with caplog.at_level(logging.WARNING, logger="wsss"):
+        tracker = Tracker(TrackingConfig(tracking_uri=uri), tmp_path, run_dir=tmp_path / "run")
+        with tracker.parent_run("run", {"seed": 0}) as parent:
+            with tracker.step_run("step1", {"lr": 0.1}) as step:
+                tracker.log_history([{"epoch": 1, "loss": 0.5}])
+                tracker.log_metrics({"cam_miou": 0.2})
+            tracker.log_dict({"a": 1}, "report.json")
+    assert parent is None and step is None
+    assert not tracker.enabled and tracker.unavailable
+    warnings = [r.getMessage() for r in caplog.records if "is unavailable" in r.getMessage()]
+    assert len(warnings) == 1
+    assert uri in warnings[0] and f"wsss log {tmp_path / 'run'}" in warnings[0]
+    assert mlflow.active_run() is None
+    # MLflow exports the URI it was given; a later run of this process must not inherit it.
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+def test_a_store_that_goes_away_ends_the_runs_it_opened_in_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs opened before the store went away leave MLflow's stack of active runs: a later run
+    in the same process does not nest under them."""
+    tracker = Tracker(TrackingConfig(), tmp_path)
+    with tracker.parent_run("run", {}) as parent, tracker.step_run("step1", {}):
+        assert mlflow.active_run() is not None
+        monkeypatch.setattr(mlflow, "log_metrics", _store_gone)
+        tracker.log_metrics({"cam_miou": 0.2})
+        assert mlflow.active_run() is None
+    assert parent is not None and tracker.unavailable == "the store went away"
+    run = mlflow.MlflowClient(tracker.uri).get_run(parent)
+    assert run.info.status == "FAILED"  # the store answered the closing call
+
+
+def _store_gone(*args: object, **kwargs: object) -> None:
+    raise ConnectionError("the store went away")
