@@ -6,6 +6,8 @@ import logging
 import os
 import subprocess
 import sys
+import traceback
+from pathlib import Path
 
 import pytest
 from ray.exceptions import RayTaskError
@@ -143,3 +145,18 @@ def test_the_console_shows_wsss_lines_and_the_log_gets_everything(tmp_path, capf
     # A forwarded line is in the log as the worker wrote it (Ray's own handler puts it there).
     assert "epoch 1/1" not in log
     assert "after the block" in capfd.readouterr().out
+
+
+def test_a_log_that_cannot_be_written_is_said_once_and_the_console_goes_on():
+    """A full disk under the log (here /dev/full, where every write finds no room): the
+    error a user must see still reaches the console, and so does the reason the log is
+    missing, once."""
+    screen = io.StringIO()
+    with capture_console(Path("/dev/full"), console=screen):
+        print("x" * 100_000)  # more than the log's buffer holds: the write reaches the device
+        traceback.print_stack()
+        logging.getLogger("wsss.platform.pipeline").error("step 1 failed")
+    shown = screen.getvalue()
+    assert shown.count("the log /dev/full cannot be written") == 1
+    assert "No space left on device" in shown
+    assert shown.endswith("error: step 1 failed\n")

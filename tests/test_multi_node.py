@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import ray.util.state
 from conftest import WSSS, answers_without_token, listeners, user_environment
+from ray._common.utils import get_ray_address_file
 
 from wsss.platform.local_cluster import LocalCluster
 
@@ -47,6 +48,9 @@ def two_nodes(tmp_path_factory) -> Iterator[tuple[Path, LocalCluster]]:
         )
         assert down.returncode == 0, down.stdout + down.stderr
         assert "stopped 2 node(s): 127.0.0.3, 127.0.0.2" in down.stdout
+        # `ray.init()` and `ray status` are not sent to the stopped head.
+        address_file = Path(get_ray_address_file(None))
+        assert not (address_file.is_file() and address_file.read_text().startswith("127.0.0.2:"))
 
 
 def test_up_starts_each_node_on_its_own_loopback_address_with_its_limits(two_nodes):

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -313,6 +314,72 @@ def test_merging_binary_cams_reuses_the_trained_classifier_and_adds_the_excluded
     for image_id in labelled:
         assert person in np.load(step1 / "cams" / f"{image_id}.npz")["classes"]
         assert person not in np.load(step1_before / "cams" / f"{image_id}.npz")["classes"]
+
+
+@contextlib.contextmanager
+def small_file_system(folder: Path, size_bytes: int) -> Iterator[Callable[[int], None]]:
+    """A tmpfs of `size_bytes` mounted on `folder` (root only: skips elsewhere); yields a
+    function that grows it to a new size."""
+    folder.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(folder)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+
+    def grow(new_size: int) -> None:
+        remount = ["mount", "-o", f"remount,size={new_size}", str(folder)]
+        subprocess.run(remount, check=True)
+
+    try:
+        yield grow
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def test_a_runs_folder_that_fills_up_mid_step_says_so_and_loses_nothing_finished(
+    ray_cluster, smoke_run, smoke_config, user_folder, tmp_path, caplog
+):
+    """`wsss run` over the smoke store on a file system that fills up while step 1 redraws its
+    CAMs (every other step folder linked from the smoke run): the step fails naming the full
+    file system and what to do; once there is room, the same run reuses what was finished and
+    ends with the smoke run's numbers. (The failing run is a process of its own, as a user's
+    is: a failed stage's actors live while its error is held.)"""
+    smoke_runs, first = smoke_run
+    cams = next((smoke_runs / "cache").glob("step1-*")) / "cams"
+    cam_bytes = sum(f.stat().st_size for f in cams.iterdir())
+    runs_dir = tmp_path / "runs"
+    config = smoke_config.model_copy(deep=True)  # MLflow's database on another file system
+    config.tracking.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with small_file_system(runs_dir, cam_bytes // 2) as grow:
+        for folder in ("datasets", "cache"):
+            (runs_dir / folder).mkdir()
+            for entry in (smoke_runs / folder).iterdir():
+                if not entry.name.startswith(("step1-", ".")) and entry.is_dir():
+                    (runs_dir / folder / entry.name).symlink_to(entry)
+        command = [str(WSSS), "run", "--preset", "smoke", "--runs-dir", str(runs_dir),
+                   "--set", f"tracking.tracking_uri={config.tracking.tracking_uri}"]  # fmt: skip
+        failed = subprocess.run(
+            command, cwd=user_folder, env=user_environment(), capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+        console = failed.stdout + failed.stderr
+        assert failed.returncode == 1, console[-4000:]
+        assert "step 1 (classifier, CAMs, dense CRF) failed: OSError: " in console
+        assert "No space left on device" in console
+        assert f"the file system holding {runs_dir} is full" in console
+        assert "run the same command again" in console
+
+        grow(8 * cam_bytes + 2**26)
+        with caplog.at_level(logging.INFO, logger="wsss"):
+            report = run_pipeline(config, runs_dir)
+    out = _logged(caplog)
+    assert "[classifier] reusing" in out and "[step2] reusing" in out
+    for name in STEPS:
+        assert report["steps"][name]["miou"] == pytest.approx(
+            first["steps"][name]["miou"], abs=1e-3
+        )
 
 
 def test_a_run_killed_during_step2_resumes_and_reports_like_an_uninterrupted_one(

@@ -14,6 +14,8 @@ would from the driver.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import os
@@ -163,6 +165,42 @@ def _not_forwarded(record: logging.LogRecord) -> bool:
     return not getattr(record, "forwarded", False)
 
 
+class _LogStream(io.TextIOBase):
+    """The log file as the process's stdout and stderr; a write that fails (a full disk) is
+    said once on the screen and the log is given up, so that the console, and the error a
+    user must see, go on."""
+
+    def __init__(self, file: TextIO, screen: TextIO) -> None:
+        self.file, self.screen, self.failed = file, screen, False
+
+    def _guarded(self, action: Callable[[], Any]) -> None:
+        if self.failed:
+            return
+        try:
+            action()
+        except OSError as exc:
+            self.failed = True
+            self.screen.write(f"wsss: the log {self.file.name} cannot be written ({exc})\n")
+
+    def write(self, text: str) -> int:
+        self._guarded(lambda: self.file.write(text))
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.file.closed:
+            self._guarded(self.file.flush)
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+    def close(self) -> None:
+        self._guarded(self.file.close)
+        if self.failed:
+            with contextlib.suppress(OSError):
+                self.file.close()
+        super().close()
+
+
 @contextmanager
 def capture_console(log_file: Path, console: TextIO | None = None) -> Iterator[TextIO]:
     """For the duration of the block, the console shows `wsss` lines only and `log_file`
@@ -181,7 +219,7 @@ def capture_console(log_file: Path, console: TextIO | None = None) -> Iterator[T
     saved = {fd: os.dup(fd) for fd in (1, 2)}
     saved_streams = sys.stdout, sys.stderr
     screen = console or os.fdopen(os.dup(saved[1]), "w", buffering=1)
-    with log_file.open("a", buffering=1) as log:
+    with _LogStream(log_file.open("a", buffering=1), screen) as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         sys.stdout = sys.stderr = log

@@ -306,6 +306,13 @@ def cluster_down(folder: Path, timeout_s: float = 60) -> list[NodeSpec]:
     for node in cluster.nodes:
         if node.temp_dir:
             shutil.rmtree(node.temp_dir, ignore_errors=True)
+    from ray._common.utils import get_ray_address_file
+
+    # The head's `ray start` recorded its address for `ray.init()` and `ray status`; left
+    # behind, it sends them to a cluster that is gone (`ray stop` removes it too).
+    address_file = Path(get_ray_address_file(None))
+    if address_file.is_file() and address_file.read_text().strip() == cluster.gcs_address:
+        address_file.unlink()
     (folder / CLUSTER_FILE).unlink()
     return running
 

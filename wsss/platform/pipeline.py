@@ -19,10 +19,12 @@ step and the error that stopped it, whichever Ray worker it came from.
 
 from __future__ import annotations
 
+import errno
 import functools
 import itertools
 import json
 import logging
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from wsss.platform.config import ConfigError, WsssConfig, load_config, to_yaml
-from wsss.platform.console import describe_error
+from wsss.platform.console import describe_error, root_cause
 from wsss.platform.datasets.images import read_mask, read_rgb
 from wsss.platform.datasets.manifest import (
     DATASET_FILE,
@@ -77,18 +79,30 @@ STEP_NAMES = {
     "segmentation_tta": "Step 3. Segmentation + TTA",
 }
 PANEL_IMAGES = 4
+# The errors of a write that found no room: the disk is full, or the user's quota is spent.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class StepFailedError(RuntimeError):
-    """A step of `run_pipeline` failed; `cause` is what stopped it (a worker's own error)."""
+    """A step of `run_pipeline` failed; `cause` is what stopped it (a worker's own error).
+    Where a full disk stopped it, the message says which file system and what to do."""
 
-    def __init__(self, step: str, cause: BaseException) -> None:
+    def __init__(self, step: str, cause: BaseException, runs_dir: Path | None = None) -> None:
         self.step, self.cause = step, cause
-        super().__init__(f"{STEP_TITLES[step]} failed: {describe_error(cause)}")
+        message = f"{STEP_TITLES[step]} failed: {describe_error(cause)}"
+        root = root_cause(cause)
+        if runs_dir is not None and isinstance(root, OSError) and root.errno in DISK_FULL:
+            free = shutil.disk_usage(runs_dir).free
+            message += (
+                f"\nthe file system holding {runs_dir} is full ({free / 2**20:.1f} MiB free): "
+                "make room there (`wsss cache gc` removes step folders no run uses) and run the "
+                "same command again; the steps already finished are reused"
+            )
+        super().__init__(message)
 
 
 @contextmanager
-def _step(step: str) -> Iterator[None]:
+def _step(step: str, runs_dir: Path | None = None) -> Iterator[None]:
     """Report any error inside the block as `StepFailedError(step)`, but a `ConfigError`,
     which already names the config key to change."""
     try:
@@ -96,7 +110,7 @@ def _step(step: str) -> Iterator[None]:
     except (StepFailedError, ConfigError):
         raise
     except Exception as exc:
-        raise StepFailedError(step, exc) from exc
+        raise StepFailedError(step, exc, runs_dir) from exc
 
 
 def prepare_dataset(config: WsssConfig, runs_dir: Path) -> Path:
@@ -346,7 +360,7 @@ def run_pipeline(
         logger.info(f"[wsss] run {config.name} on {where}; {tracked}")
         require_shared_storage(runs_dir, config.data.root)
         started = time.perf_counter()
-        with _step("data"):
+        with _step("data", runs_dir):
             dataset_dir = prepare_dataset(config, runs_dir)
             info, rows = load_dataset(dataset_dir)
             require_split_sizes(rows, config.ray)
@@ -379,14 +393,14 @@ def run_pipeline(
             ),
         }
         for step in PIPELINE_STEPS:
-            with _step(step):
+            with _step(step, runs_dir):
                 folders[step], summaries[step] = store.run(step, made_from[step], builders[step])
                 timings[step] = summaries[step]["duration_s"]
                 _link_folder(run_dir / step, folders[step])
             log_step(tracker, config, step, summaries[step])
 
         started = time.perf_counter()
-        with _step("evaluation"):
+        with _step("evaluation", runs_dir):
             variants = {"segmentation": None}
             if config.step3.tta.enabled:
                 variants["segmentation_tta"] = config.step3.tta

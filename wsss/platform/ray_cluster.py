@@ -88,6 +88,9 @@ def _connection(config: RayConfig) -> Iterator[str]:
     data_context = ray.data.DataContext.get_current()
     data_context.enable_progress_bars = False
     data_context.print_on_execution_start = False
+    # A stage's error reaches the step's message as itself (a full disk's OSError with its
+    # errno and file), not as Ray Data's UserCodeException, whose cause is lost on its way.
+    data_context.raise_original_map_exception = True
     if ray.is_initialized():
         yield "the current Ray connection"
         return

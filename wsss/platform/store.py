@@ -244,14 +244,19 @@ def _describe_owner(owner: Mapping[str, Any] | None) -> str:
     return f"process {owner.get('pid')} on {owner.get('host')}"
 
 
+WRITABLE_PROBE_BYTES = 2**16
+
+
 def writable_runs_folder(runs_dir: Path) -> Path:
     """`runs_dir`, resolved and made, once a file could be written in it; else a `ConfigError`
     naming `--runs-dir`, the folder and why, before any work."""
     runs_dir = Path(runs_dir).resolve()
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=runs_dir, prefix=".wsss-writable-"):
-            pass
+        # Some data, not an empty file: a full file system still makes empty files.
+        with tempfile.NamedTemporaryFile(dir=runs_dir, prefix=".wsss-writable-") as probe:
+            probe.write(bytes(WRITABLE_PROBE_BYTES))
+            probe.flush()
     except OSError as exc:
         raise ConfigError(
             f"--runs-dir: cannot write in {runs_dir}: {exc.strerror or exc} (choose a folder "

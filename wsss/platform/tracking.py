@@ -39,8 +39,6 @@ EXPERIMENT_KIND = "custom_model_development"
 # MLflow retries a request to a server 7 times with growing pauses (minutes in all) by default;
 # a run whose server is gone would wait that long at each call. Settings in the environment win.
 HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
-# What a store that cannot be reached raises (requests' errors are OSErrors).
-UNAVAILABLE_ERRORS = (MlflowException, OSError)
 
 
 def tracking_uri(config: TrackingConfig, runs_dir: Path) -> str:
@@ -138,9 +136,12 @@ class Tracker:
             return None
         try:
             return call()
-        except UNAVAILABLE_ERRORS as exc:
+        # Whatever the store raises (MLflow's errors, requests' OSErrors, SQLAlchemy's for a
+        # full or locked database): tracking never stops the run.
+        except Exception as exc:
             self.enabled = False
-            self.unavailable = str(exc).strip().splitlines()[0][:300] if str(exc) else repr(exc)
+            first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            self.unavailable = f"{type(exc).__name__}: {first_line}".rstrip(": ")
             later = f"wsss log {self._run_dir}" if self._run_dir else "wsss log <run folder>"
             logger.warning(
                 f"[mlflow] tracking at {self.uri} is unavailable ({self.unavailable}); the run "
@@ -154,7 +155,7 @@ class Tracker:
         """Take this process's runs off MLflow's stack (marking them failed where the store
         still answers), so that nothing later in the process nests under them."""
         while mlflow.active_run() is not None:
-            with contextlib.suppress(UNAVAILABLE_ERRORS):
+            with contextlib.suppress(Exception):
                 mlflow.end_run("FAILED")  # leaves the stack before it calls the store
 
     @contextmanager
