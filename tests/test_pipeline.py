@@ -133,10 +133,10 @@ def test_table2_lists_each_step_in_percent_on_val_and_test(smoke_run):
     ]  # fmt: skip
 
 
-def test_mlflow_holds_the_parent_and_step_runs_with_the_same_numbers(smoke_run):
-    runs_dir, report = smoke_run
-    client = MlflowClient(report["mlflow"]["tracking_uri"])
-    parent = client.get_run(report["mlflow"]["run_id"])
+def _parent_and_step_runs(client: MlflowClient, run_id: str, report: dict) -> tuple:
+    """The parent run `run_id`, its every val and test mIoU checked against `report`, and its
+    step runs by name (one each)."""
+    parent = client.get_run(run_id)
     for name in STEPS:
         assert parent.data.metrics[f"{name}_miou"] == pytest.approx(report["steps"][name]["miou"])
         test_miou = report["test_steps"][name]["miou"]
@@ -145,8 +145,16 @@ def test_mlflow_holds_the_parent_and_step_runs_with_the_same_numbers(smoke_run):
         [parent.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
     )
-    assert {run.info.run_name for run in children} == {"step1", "step2", "step3"}
-    step1 = next(run for run in children if run.info.run_name == "step1")
+    steps = {run.info.run_name: run for run in children}
+    assert len(children) == 3 and set(steps) == {"step1", "step2", "step3"}
+    return parent, steps
+
+
+def test_mlflow_holds_the_parent_and_step_runs_with_the_same_numbers(smoke_run):
+    runs_dir, report = smoke_run
+    client = MlflowClient(report["mlflow"]["tracking_uri"])
+    parent, steps = _parent_and_step_runs(client, report["mlflow"]["run_id"], report)
+    step1 = steps["step1"]
     assert step1.data.params["backbone"] == "resnet18"
     assert "loss" in step1.data.metrics
     assert step1.data.metrics["cam_crf_miou"] == pytest.approx(report["steps"]["cam_crf"]["miou"])
@@ -197,19 +205,10 @@ def test_a_tracking_server_that_goes_away_mid_run_loses_nothing(
         "tracking_uri": later, "run_id": relogged["mlflow"]["run_id"], "unavailable": None
     }  # fmt: skip
     client = MlflowClient(later)
-    parent = client.get_run(relogged["mlflow"]["run_id"])
+    parent, steps = _parent_and_step_runs(client, relogged["mlflow"]["run_id"], report)
     assert parent.info.status == "FINISHED" and parent.data.params["name"] == config.name
-    for name in STEPS:
-        assert parent.data.metrics[f"{name}_miou"] == pytest.approx(report["steps"][name]["miou"])
-        test_miou = report["test_steps"][name]["miou"]
-        assert parent.data.metrics[f"test_{name}_miou"] == pytest.approx(test_miou)
-    children = client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-    )
-    assert {run.info.run_name for run in children} == {"step1", "step2", "step3"}
-    step3 = next(run for run in children if run.info.run_name == "step3")
-    assert len(client.get_metric_history(step3.info.run_id, "loss")) == config.step3.epochs
+    loss = client.get_metric_history(steps["step3"].info.run_id, "loss")
+    assert len(loss) == config.step3.epochs
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "panels")]
 
 

@@ -193,6 +193,15 @@ class _LogStream(io.TextIOBase):
     def fileno(self) -> int:
         return self.file.fileno()
 
+    @property
+    def encoding(self) -> str:
+        return self.file.encoding
+
+    def __getattr__(self, name: str) -> Any:  # what else a stream has (errors, buffer, ...)
+        if name == "file":  # not set yet
+            raise AttributeError(name)
+        return getattr(self.file, name)
+
     def close(self) -> None:
         self._guarded(self.file.close)
         if self.failed:
