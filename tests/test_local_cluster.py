@@ -2,6 +2,8 @@
 
 import os
 import stat
+import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,38 @@ def test_the_token_is_made_once_and_readable_by_its_owner_only(tmp_path, monkeyp
     assert len(token) == 64 and stat.S_IMODE(token_file.stat().st_mode) == 0o600
     local_cluster.ensure_token()
     assert token_file.read_text() == token  # an existing token is kept
+
+
+@pytest.fixture
+def running_and_stopped(tmp_path: Path):
+    """(a process group that runs, one that has ended), standing in for nodes."""
+    running = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    ended = subprocess.Popen(["true"], start_new_session=True)
+    ended.wait()
+    yield running.pid, ended.pid
+    running.kill()
+    running.wait()
+
+
+def _recorded(folder: Path, groups: tuple[int, int]) -> None:
+    nodes = plan_nodes(2, cpus=1, memory_gb=1, object_store_gb=0.25)
+    started = tuple(replace(n, process_group=g) for n, g in zip(nodes, groups, strict=True))
+    LocalCluster("127.0.0.2:6379", "http://127.0.0.1:8265", started).save(folder)
+
+
+def test_up_over_a_running_cluster_of_another_size_says_to_take_it_down(
+    tmp_path: Path, running_and_stopped
+):
+    running, ended = running_and_stopped
+    _recorded(tmp_path, (running, ended))
+    with pytest.raises(ClusterError, match=r"of 2 node\(s\) .* is running: `wsss cluster down`"):
+        local_cluster.cluster_up(tmp_path, 3)
+
+
+def test_up_over_a_cluster_whose_head_stopped_says_to_take_it_down(
+    tmp_path: Path, running_and_stopped
+):
+    running, ended = running_and_stopped
+    _recorded(tmp_path, (ended, running))
+    with pytest.raises(ClusterError, match=r"the head of the local cluster .* has stopped"):
+        local_cluster.cluster_up(tmp_path, 2)

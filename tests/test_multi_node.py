@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -16,7 +17,9 @@ import ray.util.state
 from conftest import WSSS, answers_without_token, listeners, user_environment
 from ray._common.utils import get_ray_address_file
 
-from wsss.platform.local_cluster import LocalCluster
+from wsss.platform.datasets.manifest import load_dataset
+from wsss.platform.local_cluster import LocalCluster, NodeSpec, cluster_status
+from wsss.platform.steps import REMOVE_NODE_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).parent / "ray"
@@ -104,6 +107,10 @@ def test_only_token_guarded_core_ports_listen_beyond_loopback(two_nodes):
     assert open_to_all == dashboard
 
 
+def _stopped(runs_dir: Path, node: NodeSpec) -> bool:
+    return not dict(cluster_status(runs_dir / "cluster"))[node]
+
+
 def _process_group(pid: int) -> int | None:
     try:
         return os.getpgid(pid)
@@ -118,13 +125,17 @@ def _command_line(pid: int) -> str:
         return ""
 
 
-def test_a_submitted_smoke_job_runs_its_stages_and_train_workers_on_both_nodes(
+def test_a_submitted_smoke_job_runs_on_both_nodes_and_survives_losing_one_mid_stage(
     two_nodes, smoke_run, tmp_path: Path
 ):
     """The smoke run's trained classifier is reused; a new CAM setting redraws the CAMs and
     dense CRF, so that IRNet, the pseudo masks, DeepLabV3+ and the evaluation run again (one
-    epoch each), with Train workers spread over the nodes and an inference actor per CPU."""
-    _, cluster = two_nodes
+    epoch each), with Train workers spread over the nodes and an inference actor per CPU.
+
+    The worker node goes down (its raylet killed) as the first dense-CRF task on it ends, and
+    `wsss cluster up` puts a new node in its place, as an autoscaler would: Ray Data runs the
+    lost task again, and every train image has its IR labels."""
+    cluster_runs, cluster = two_nodes
     runs_dir = tmp_path / "runs"
     for folder in ("datasets", "cache"):
         (runs_dir / folder).mkdir(parents=True)
@@ -133,22 +144,49 @@ def test_a_submitted_smoke_job_runs_its_stages_and_train_workers_on_both_nodes(
         (runs_dir / "datasets" / dataset.name).symlink_to(dataset)
     for classifier in (smoke_run[0] / "cache").glob("classifier-*"):
         shutil.copytree(classifier, runs_dir / "cache" / classifier.name, symlinks=True)
+    removed = tmp_path / "node-removed"
+    fault = {"env_vars": {REMOVE_NODE_ENV: f"127.0.0.3:{removed}"}}
     settings = ["step1.cam_flip=false", "step2.epochs=1", "step3.epochs=1",
                 "ray.placement_strategy=SPREAD", "ray.num_cpus=4", "name=two-nodes"]  # fmt: skip
     submit = [str(RAY), "job", "submit", "--address", cluster.dashboard_url,
-              "--working-dir", str(REPO), "--submission-id", "wsss-two-nodes", "--",
+              "--working-dir", str(REPO), "--runtime-env-json", json.dumps(fault),
+              "--submission-id", "wsss-two-nodes", "--",
               "wsss", "run", "--preset", "smoke", "--runs-dir", str(runs_dir),
               *[part for setting in settings for part in ("--set", setting)]]  # fmt: skip
-    submitted = subprocess.run(
-        submit, env=user_environment(), capture_output=True, text=True, timeout=1200
-    )
-    shown = submitted.stdout[-3000:] + submitted.stderr[-3000:]
-    assert submitted.returncode == 0, shown
-    assert f"the cluster at {cluster.gcs_address}" in submitted.stdout, shown  # no new cluster
-    assert "[classifier] reusing" in submitted.stdout and "[step1] starting" in submitted.stdout
+    console = tmp_path / "submit.log"
+    with console.open("w") as output:
+        job = subprocess.Popen(submit, env=user_environment(), stdout=output, stderr=output)
+        try:
+            deadline = time.monotonic() + 900
+            while not _stopped(cluster_runs, cluster.nodes[1]):
+                assert job.poll() is None, "the job ended before the fault: " + console.read_text()
+                assert time.monotonic() < deadline, "the node at 127.0.0.3 is still running"
+                time.sleep(1)
+            up = subprocess.run(
+                [str(WSSS), "cluster", "up", "--runs-dir", str(cluster_runs)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert up.returncode == 0, up.stdout + up.stderr
+            assert "head 127.0.0.2: already running" in up.stdout
+            assert "worker 127.0.0.3: started" in up.stdout
+            job.wait(timeout=1200)
+        finally:
+            if job.poll() is None:
+                job.kill()
+    printed = console.read_text()
+    assert job.returncode == 0, printed[-6000:]
+    assert f"the cluster at {cluster.gcs_address}" in printed  # no new cluster
+    assert "[classifier] reusing" in printed and "[step1] starting" in printed
+    assert removed.read_text().startswith("127.0.0.3 lost in task ")
     report = json.loads((runs_dir / "two-nodes" / "report.json").read_text())
     assert report["steps"]["segmentation_tta"]["miou"] >= 0
-
+    _, rows = load_dataset(next((runs_dir / "datasets").iterdir()))
+    step1 = runs_dir / "two-nodes" / "step1"
+    assert {path.stem for path in (step1 / "cams").glob("*.npz")} == {row.id for row in rows}
+    train = {row.id for row in rows if row.split == "train"}
+    assert {path.stem for path in (step1 / "ir_labels").glob("*.png")} == train
     node_ips = {n.node_id: n.node_ip for n in ray.util.state.list_nodes(cluster.dashboard_url)}
     tasks = ray.util.state.list_tasks(cluster.dashboard_url, limit=10_000, detail=True)
     # The map stages' names: CAMs, dense CRF, pseudo masks, evaluation.

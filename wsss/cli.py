@@ -272,14 +272,19 @@ def _cluster_up(args: argparse.Namespace) -> int:
     from wsss.platform.local_cluster import cluster_up, node_environment
 
     folder = args.runs_dir.resolve() / CLUSTER_FOLDER
-    print(f"starting {args.nodes} node(s); their logs go to {folder}")
-    cluster = cluster_up(folder, args.nodes, args.cpus, args.memory_gb, args.object_store_gb)
+    print(f"starting {args.nodes} node(s), or those of its running cluster that stopped")
+    cluster, started = cluster_up(
+        folder, args.nodes, args.cpus, args.memory_gb, args.object_store_gb
+    )
+    started_groups = {node.process_group for node in started}
     for node in cluster.nodes:
         role = "head" if node.index == 0 else "worker"
+        state = "started" if node.process_group in started_groups else "already running"
         print(
-            f"  {role} {node.address}: {node.num_cpus} CPUs, {node.memory_gb:g} GiB, "
+            f"  {role} {node.address}: {state}; {node.num_cpus} CPUs, {node.memory_gb:g} GiB, "
             f"{node.object_store_gb:g} GiB object store, resource {node.resource}"
         )
+    print(f"their logs go to {folder}")
     token = node_environment()["RAY_AUTH_TOKEN_PATH"]
     print(
         f"token authentication on; the token file is {token}\n"

@@ -218,17 +218,43 @@ def _wait_for_nodes(cluster: LocalCluster, folder: Path, deadline: float) -> Non
                 raise
             time.sleep(1)
     try:
-        wanted = {node.address for node in cluster.nodes}
         while True:
             _require_running(cluster, folder)
-            alive = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
-            if wanted <= alive:
+            entries = ray.nodes()
+            missing = [node.address for node in cluster.nodes if not _joined(node, entries)]
+            if not missing:
                 return
             if time.monotonic() > deadline:
-                raise ClusterError(f"nodes {sorted(wanted - alive)} did not join within the time")
+                raise ClusterError(f"nodes {missing} did not join within the time")
             time.sleep(1)
     finally:
         ray.shutdown()
+
+
+def _start_node(node: NodeSpec, gcs_address: str, dashboard_port: int, folder: Path) -> NodeSpec:
+    """`node` started in a process group of its own, logging to `folder/node-<i>.log`; returned
+    with that group."""
+    with (folder / f"node-{node.index}.log").open("ab") as log:
+        process = subprocess.Popen(
+            _start_command(node, gcs_address, dashboard_port),
+            env=_node_start_environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return NodeSpec(**{**asdict(node), "process_group": process.pid})
+
+
+def _joined(node: NodeSpec, entries: list[dict]) -> bool:
+    """Whether `node` is among Ray's live nodes (`ray.nodes()` entries). A worker node is told
+    apart by its session folder, as a lost node may count as alive at its address until Ray
+    notices the loss."""
+    return any(
+        entry["Alive"]
+        and entry["NodeManagerAddress"] == node.address
+        and entry["ObjectStoreSocketName"].startswith(node.temp_dir)
+        for entry in entries
+    )
 
 
 def cluster_up(
@@ -237,17 +263,20 @@ def cluster_up(
     cpus: int | None = None,
     memory_gb: float | None = None,
     object_store_gb: float | None = None,
-) -> LocalCluster:
-    """Start a head and `count - 1` worker nodes; their logs go to `folder/node-<i>.log`."""
+) -> tuple[LocalCluster, list[NodeSpec]]:
+    """Start a head and `count - 1` worker nodes; their logs go to `folder/node-<i>.log`.
+
+    Where the cluster started from `folder` runs with worker nodes lost (a crash, a killed
+    process), start those again in their places instead, as a cloud's autoscaler replaces a
+    lost machine. Returns the cluster and the nodes this call started.
+    """
     from wsss.platform.ray_cluster import reserved_dashboard_port
 
     folder = folder.resolve()
     if (folder / CLUSTER_FILE).exists():
         running = LocalCluster.load(folder)
         if any(_alive(node) for node in running.nodes):
-            raise ClusterError(
-                f"a local cluster started from {folder} is running: `wsss cluster down` it first"
-            )
+            return _replace_lost_nodes(running, folder, count)
     nodes = plan_nodes(count, cpus, memory_gb, object_store_gb)
     folder.mkdir(parents=True, exist_ok=True)
     started: list[NodeSpec] = []
@@ -262,15 +291,7 @@ def cluster_up(
                 # every worker line again.
                 temp_dir = tempfile.mkdtemp(prefix="wsss-node-") if planned.index else ""
                 node = NodeSpec(**{**asdict(planned), "temp_dir": temp_dir})
-                with (folder / f"node-{node.index}.log").open("ab") as log:
-                    process = subprocess.Popen(
-                        _start_command(node, gcs_address, dashboard_port),
-                        env=_node_start_environment(),
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                started.append(NodeSpec(**{**asdict(node), "process_group": process.pid}))
+                started.append(_start_node(node, gcs_address, dashboard_port, folder))
                 cluster = LocalCluster(cluster.gcs_address, cluster.dashboard_url, tuple(started))
                 cluster.save(folder)
                 if node.index == 0:
@@ -279,7 +300,36 @@ def cluster_up(
         except BaseException:
             cluster_down(folder)
             raise
-    return cluster
+    return cluster, started
+
+
+def _replace_lost_nodes(
+    cluster: LocalCluster, folder: Path, count: int
+) -> tuple[LocalCluster, list[NodeSpec]]:
+    """Start again, with their specs, the worker nodes of a running `cluster` that stopped."""
+    if not _alive(cluster.nodes[0]):
+        raise ClusterError(
+            f"the head of the local cluster started from {folder} has stopped: "
+            "`wsss cluster down` it, then `up` a new one"
+        )
+    if count != len(cluster.nodes):
+        raise ClusterError(
+            f"a local cluster of {len(cluster.nodes)} node(s) started from {folder} is running: "
+            f"`wsss cluster down` it first to start one of {count}"
+        )
+    dashboard_port = int(cluster.dashboard_url.rsplit(":", 1)[1])
+    nodes = list(cluster.nodes)
+    restarted = []
+    for node in cluster.nodes[1:]:
+        if not _alive(node):
+            shutil.rmtree(node.temp_dir, ignore_errors=True)
+            fresh = NodeSpec(**{**asdict(node), "temp_dir": tempfile.mkdtemp(prefix="wsss-node-")})
+            nodes[node.index] = _start_node(fresh, cluster.gcs_address, dashboard_port, folder)
+            restarted.append(nodes[node.index])
+    cluster = LocalCluster(cluster.gcs_address, cluster.dashboard_url, tuple(nodes))
+    cluster.save(folder)
+    _wait_for_nodes(cluster, folder, time.monotonic() + START_TIMEOUT_S)
+    return cluster, restarted
 
 
 def _alive(node: NodeSpec) -> bool:

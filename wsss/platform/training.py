@@ -44,6 +44,7 @@ from torch import nn
 from wsss.platform.config import RayConfig
 from wsss.platform.console import eta_text
 from wsss.platform.data.pipeline import pace_scheduling_loop
+from wsss.platform.model_file import load_model_file
 
 STATE_FILE = "state.pt"
 # Fault injection for the killed-driver test: "<task name>:<epoch>" makes the driver die, as a
@@ -247,7 +248,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, weights_only=True, map_location="cpu")
+            state = load_model_file(Path(folder) / STATE_FILE)
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
@@ -387,7 +388,7 @@ def fit(
     if result.checkpoint is None:
         raise RuntimeError(f"{task.name}: training finished without a checkpoint ({result.error})")
     with result.checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / STATE_FILE, weights_only=True, map_location="cpu")
+        state = load_model_file(Path(folder) / STATE_FILE)
     return TrainOutput(
         state["best_model"], state["best_metrics"], state["best_extras"], state["history"]
     )

@@ -7,7 +7,9 @@ per-batch confusion matrices of a scoring pass are summed with progress shown.
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,12 @@ from wsss.platform.training import MIN_TRAIN_BATCH
 SCORED_SPLITS = ("val", "test")
 # The column of a scoring pass's output that counts the images of each batch.
 IMAGES_COLUMN = "images"
+# Fault injection for the lost-node test: "<node address>:<marker file>" makes the first
+# dense-CRF task on that node take its node down before it returns (its raylet killed, as when a
+# machine is switched off); the marker file it creates says so, and that it happened once (the
+# node put in its place has the same address).
+REMOVE_NODE_ENV = "WSSS_REMOVE_NODE"
+logger = logging.getLogger(__name__)
 
 
 class StepInputError(FileNotFoundError):
@@ -84,6 +92,23 @@ def actor_pool_options(ray_config: RayConfig) -> dict[str, Any]:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         return {"compute": ray.data.ActorPoolStrategy(size=max(1, gpus)), "num_gpus": 1}
     return {"compute": ray.data.ActorPoolStrategy(size=ray_config.num_cpus), "num_cpus": 1}
+
+
+def remove_this_node_once() -> None:
+    """The `REMOVE_NODE_ENV` fault, for a task on the node it names."""
+    address, _, marker = os.environ.get(REMOVE_NODE_ENV, "").partition(":")
+    if address != ray.util.get_node_ip_address():
+        return
+    try:
+        descriptor = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return
+    with os.fdopen(descriptor, "w") as written:
+        written.write(f"{address} lost in task {ray.get_runtime_context().get_task_id()}\n")
+    logger.warning(f"[step1] {REMOVE_NODE_ENV}: the node at {address} goes down")
+    # A Ray worker's parent is its node's raylet; the node's `ray start --block` stops the
+    # rest of the node when the raylet dies.
+    os.kill(os.getppid(), signal.SIGKILL)
 
 
 def total_confusions(

@@ -29,11 +29,13 @@ from wsss.platform.data.pipeline import rows_dataset, training_dataset
 from wsss.platform.datasets.images import read_mask, read_rgb, write_palette_png
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
 from wsss.platform.metrics import ConfusionMatrix
+from wsss.platform.model_file import load_model_file
 from wsss.platform.steps import (
     IMAGES_COLUMN,
     SCORED_SPLITS,
     actor_pool_options,
     inference_device,
+    remove_this_node_once,
     require_inputs,
     scored_splits,
     total_confusions,
@@ -188,7 +190,7 @@ def load_classifier(
 ) -> tuple[torch.nn.Module, list[int], np.ndarray]:
     """(model in eval mode on `device` (default CPU), dataset class indices of its outputs,
     per-class thresholds)."""
-    saved = torch.load(path, weights_only=True, map_location="cpu")
+    saved = load_model_file(path)
     model = create_classifier(saved["backbone"], len(saved["class_indices"]), None)
     model.load_state_dict(saved["model"])
     model.to(device or torch.device("cpu")).eval()
@@ -341,6 +343,7 @@ def refine_and_score(
             masks = cam_masks(image, str(image_id), Path(cam_dir), config)
             for name, predicted in zip(CAM_METRICS, masks, strict=True):
                 matrices[f"{name}_{split}"].update(predicted, truth)
+    remove_this_node_once()
     return {
         IMAGES_COLUMN: np.array([len(batch["id"])]),
         **{column: matrix.counts.reshape(1, -1) for column, matrix in matrices.items()},

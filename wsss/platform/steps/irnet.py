@@ -25,6 +25,7 @@ from wsss.platform.data.pipeline import rows_dataset, training_dataset
 from wsss.platform.datasets.images import read_mask, read_rgb, write_palette_png
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
 from wsss.platform.metrics import ConfusionMatrix
+from wsss.platform.model_file import load_model_file
 from wsss.platform.steps import (
     IMAGES_COLUMN,
     SCORED_SPLITS,
@@ -50,7 +51,7 @@ def _build(
 ) -> IRNet:
     model = IRNet(backbone, None if classifier_file else weights, freeze_backbone)
     if classifier_file:
-        saved = torch.load(classifier_file, weights_only=True, map_location="cpu")
+        saved = load_model_file(classifier_file)
         model.load_classifier_backbone(saved["model"])
     return model
 
@@ -168,7 +169,7 @@ class PseudoMaskWriter:
         num_classes: int,
     ) -> None:
         torch.set_num_threads(1)
-        saved = torch.load(model_file, weights_only=True, map_location="cpu")
+        saved = load_model_file(model_file)
         self.device = inference_device()
         self.model = IRNet(saved["backbone"], None, True)
         self.model.load_state_dict(saved["model"])

@@ -32,6 +32,7 @@ from wsss.platform.datasets.images import (
 )
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
 from wsss.platform.metrics import ConfusionMatrix
+from wsss.platform.model_file import load_model_file
 from wsss.platform.steps import (
     IMAGES_COLUMN,
     SCORED_SPLITS,
@@ -63,7 +64,7 @@ def _build(
         encoder, num_classes, None if classifier_file else weights, output_stride
     )
     if classifier_file:
-        saved = torch.load(classifier_file, weights_only=True, map_location="cpu")
+        saved = load_model_file(classifier_file)
         load_classifier_encoder(model, saved["model"])
     return model
 
@@ -187,7 +188,7 @@ class Segmenter:
         self, model_file: str, root: str, tta: TTAConfig | None, out_dir: str | None = None
     ) -> None:
         torch.set_num_threads(1)
-        saved = torch.load(model_file, weights_only=True, map_location="cpu")
+        saved = load_model_file(model_file)
         self.classes: list[str] = saved["classes"]
         self.device = inference_device()
         self.model = create_segmentation_model(

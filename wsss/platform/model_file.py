@@ -1,0 +1,32 @@
+"""The files the steps save their models and Ray Train its checkpoints in: a `torch.save` of a
+dict of tensors and plain values, read back with `weights_only=True`, so that a file that asks
+to run code is refused instead of run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class ModelFileError(RuntimeError):
+    """A saved model or checkpoint cannot be read; the message names the file."""
+
+
+def load_model_file(path: Path | str) -> dict[str, Any]:
+    """The dict saved at `path`, on the CPU. A missing file raises FileNotFoundError; a file
+    that is truncated, damaged or holds more than tensors and plain values raises
+    `ModelFileError` naming it and what to do."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ModelFileError(
+            f"{path} cannot be read as a saved model ({type(error).__name__}: {reason}): it is "
+            f"truncated, damaged, or holds more than tensors and plain values; remove the "
+            f"folder that holds it ({Path(path).parent}) and run the same command again, "
+            f"which makes it anew"
+        ) from error
