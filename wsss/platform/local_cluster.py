@@ -44,6 +44,9 @@ HEAD_NODE_ADDRESS = "127.0.0.2"
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # How long a node may take to join the cluster before `up` gives up.
 START_TIMEOUT_S = 180
+# How long `down` lets a node stop by itself: a head's processes take over half a minute to
+# stop one after another, where `ray stop` kills what is left after 16 s.
+STOP_GRACE_S = 10
 
 
 class ClusterError(RuntimeError):
@@ -340,19 +343,21 @@ def _alive(node: NodeSpec) -> bool:
     return True
 
 
-def cluster_down(folder: Path, timeout_s: float = 60) -> list[NodeSpec]:
-    """Stop the nodes started from `folder` (workers first, then the head); returns those that
-    were running."""
+def cluster_down(folder: Path, grace_s: float = STOP_GRACE_S) -> list[NodeSpec]:
+    """Stop the nodes started from `folder` (workers first, then the head; what a node has not
+    stopped after `grace_s` is killed); returns those that were running."""
     folder = folder.resolve()
     cluster = LocalCluster.load(folder)
     running = [node for node in reversed(cluster.nodes) if _alive(node)]
     for node in running:
         os.killpg(node.process_group, signal.SIGTERM)  # `ray start --block` stops its node
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + grace_s
         while _alive(node) and time.monotonic() < deadline:
             time.sleep(0.2)
         if _alive(node):
             os.killpg(node.process_group, signal.SIGKILL)
+            while _alive(node) and time.monotonic() < deadline + grace_s:
+                time.sleep(0.2)
     for node in cluster.nodes:
         if node.temp_dir:
             shutil.rmtree(node.temp_dir, ignore_errors=True)
