@@ -24,14 +24,17 @@ def test_a_saved_dict_reads_back(tmp_path: Path):
 
 
 def test_a_truncated_file_is_named_with_its_folder_and_what_to_do(tmp_path: Path):
-    path = tmp_path / "step2-abc" / "irnet.pt"
+    path = tmp_path / "step2-abc" / "irnet.pt"  # in the store; a run folder links to it
     path.parent.mkdir()
     torch.save({"model": {"w": torch.ones(1000)}}, path)
     path.write_bytes(path.read_bytes()[:300])
+    linked = tmp_path / "run" / "step2"
+    linked.parent.mkdir()
+    linked.symlink_to(path.parent)
     with pytest.raises(ModelFileError) as raised:
-        load_model_file(path)
+        load_model_file(linked / "irnet.pt")
     message = str(raised.value)
-    assert message.startswith(f"{path} cannot be read as a saved model (")
+    assert message.startswith(f"{linked / 'irnet.pt'} cannot be read as a saved model (")
     assert f"remove the folder that holds it ({path.parent})" in message
 
 

@@ -27,6 +27,6 @@ def load_model_file(path: Path | str) -> dict[str, Any]:
         raise ModelFileError(
             f"{path} cannot be read as a saved model ({type(error).__name__}: {reason}): it is "
             f"truncated, damaged, or holds more than tensors and plain values; remove the "
-            f"folder that holds it ({Path(path).parent}) and run the same command again, "
+            f"folder that holds it ({Path(path).resolve().parent}) and run the same command again, "
             f"which makes it anew"
         ) from error
