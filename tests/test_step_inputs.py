@@ -1,16 +1,20 @@
-"""What every step shares: its inputs checked in the driver, the splits it is scored on, and
-where its models run."""
+"""What every step shares: its inputs checked in the driver, the splits it is scored on, where
+its models run, and step 1's CAM files read back."""
 
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray.data
 
 from wsss.platform.config import ConfigError, RayConfig
 from wsss.platform.datasets.manifest import ManifestRow
 from wsss.platform.steps import (
+    CamFileError,
     StepInputError,
     actor_pool_options,
+    read_cams,
     require_inputs,
     require_split_sizes,
     scored_splits,
@@ -73,3 +77,34 @@ def test_a_train_split_too_small_for_the_workers_is_named_with_its_size_and_sett
     )
     with pytest.raises(ConfigError, match="the val split has no image"):
         require_split_sizes(_rows(train=4, val=0), RayConfig(num_workers=2))
+
+
+def _saved_cams(step_dir: Path, cams: np.ndarray) -> Path:
+    (step_dir / "cams").mkdir(parents=True)
+    path = step_dir / "cams" / "img1.npz"
+    np.savez(path, cams=cams.astype(np.float16), classes=np.array([3], np.int32), top_score=0.9)
+    return path
+
+
+def test_cams_read_back_as_float32_with_their_classes(tmp_path: Path):
+    _saved_cams(tmp_path / "step1-abc", np.full((1, 2, 3), 0.5))
+    cams, classes = read_cams(tmp_path / "step1-abc" / "cams", "img1")
+    assert cams.dtype == np.float32 and cams.shape == (1, 2, 3) and (cams == 0.5).all()
+    assert classes.tolist() == [3]
+
+
+def test_a_cam_file_with_nan_or_infinite_values_is_named_with_its_step_folder(tmp_path: Path):
+    for value in (np.nan, np.inf):
+        step_dir = tmp_path / f"step1-{value}"
+        path = _saved_cams(step_dir, np.array([[[0.5, value]]]))
+        with pytest.raises(CamFileError) as raised:
+            read_cams(step_dir / "cams", "img1")
+        assert str(raised.value).startswith(f"{path} holds NaN or infinite values: ")
+        assert f"remove the step folder that holds it ({step_dir})" in str(raised.value)
+
+
+def test_a_cut_short_cam_file_is_named(tmp_path: Path):
+    path = _saved_cams(tmp_path / "step1-abc", np.zeros((1, 8, 8)))
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CamFileError, match=f"^{re.escape(str(path))} cannot be read "):
+        read_cams(tmp_path / "step1-abc" / "cams", "img1")

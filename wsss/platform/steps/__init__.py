@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 import ray.data
 import torch
@@ -109,6 +111,32 @@ def remove_this_node_once() -> None:
     # A Ray worker's parent is its node's raylet; the node's `ray start --block` stops the
     # rest of the node when the raylet dies.
     os.kill(os.getppid(), signal.SIGKILL)
+
+
+class CamFileError(ValueError):
+    """A CAM file of step 1 cannot be used; the message names it and what to do."""
+
+
+def read_cams(cam_dir: Path, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """(CAMs float32 [n, h, w] at the saved stride, dataset class indices [n]) of one image,
+    as step 1 saved them. A file that cannot be read or holds NaN or infinite values raises
+    `CamFileError` naming it, before a CRF or random walk turns it into a meaningless mask."""
+    path = cam_dir / f"{image_id}.npz"
+    try:
+        with np.load(path) as saved:
+            cams, classes = saved["cams"].astype(np.float32), saved["classes"]
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        problem = f"cannot be read ({type(error).__name__}: {error})"
+    else:
+        if np.isfinite(cams).all():
+            return cams, classes
+        problem = "holds NaN or infinite values"
+    raise CamFileError(
+        f"{path} {problem}: remove the step folder that holds it "
+        f"({path.resolve().parent.parent}) and run the same command again, which makes it anew"
+    )
 
 
 def total_confusions(

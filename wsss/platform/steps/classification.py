@@ -35,6 +35,7 @@ from wsss.platform.steps import (
     SCORED_SPLITS,
     actor_pool_options,
     inference_device,
+    read_cams,
     remove_this_node_once,
     require_inputs,
     scored_splits,
@@ -292,8 +293,8 @@ def _full_resolution(cams: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def _cams_at_image_size(cam_dir: Path, image_id: str, height: int, width: int):
     """(CAMs float32 [n, H, W] upsampled from the saved stride, dataset class indices [n])."""
-    saved = np.load(cam_dir / f"{image_id}.npz")
-    return _full_resolution(saved["cams"], height, width), saved["classes"]
+    cams, classes = read_cams(cam_dir, image_id)
+    return _full_resolution(cams, height, width), classes
 
 
 def cam_masks(

@@ -31,6 +31,7 @@ from wsss.platform.steps import (
     SCORED_SPLITS,
     actor_pool_options,
     inference_device,
+    read_cams,
     require_inputs,
     scored_splits,
     total_confusions,
@@ -182,18 +183,18 @@ class PseudoMaskWriter:
         rows = zip(batch["id"], batch["image"], batch["split"], batch["mask"], strict=True)
         for image_id, image_path, split, mask in rows:
             image = read_rgb(self.root / str(image_path))
-            saved = np.load(self.cam_dir / f"{image_id}.npz")
+            cams, classes = read_cams(self.cam_dir, image_id)
             with torch.no_grad():
                 boundary = infer_boundary(
                     self.model, to_model_input(torch.from_numpy(image)[None].to(self.device))[0]
                 )
-            cams = torch.from_numpy(saved["cams"].astype(np.float32)).to(self.device)
+            cams = torch.from_numpy(cams).to(self.device)
             if cams.shape[-2:] != boundary.shape and len(cams):
                 # CAMs saved at another stride than IRNet's 4 are resampled to its grid.
                 cams = F.interpolate(cams[None], size=boundary.shape, mode="bilinear")[0]
             pseudo = propagate_to_mask(
                 cams,
-                saved["classes"].tolist(),
+                classes.tolist(),
                 boundary,
                 image.shape[:2],
                 bg_threshold=self.config.sem_seg_bg_thres,
