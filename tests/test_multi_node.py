@@ -43,28 +43,28 @@ def two_nodes(tmp_path_factory) -> Iterator[tuple[Path, LocalCluster]]:
         assert f"RAY_ADDRESS={cluster.gcs_address} wsss run" in up.stdout
         yield runs_dir, cluster
     finally:  # also after a failed `up`: it may have started nodes
-        down = subprocess.run(
-            [str(WSSS), "cluster", "down", "--runs-dir", str(runs_dir)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert down.returncode == 0, down.stdout + down.stderr
+        down = _cluster("down", runs_dir)
         assert "stopped 2 node(s): 127.0.0.3, 127.0.0.2" in down.stdout
         # `ray.init()` and `ray status` are not sent to the stopped head.
         address_file = Path(get_ray_address_file(None))
         assert not (address_file.is_file() and address_file.read_text().startswith("127.0.0.2:"))
 
 
-def test_up_starts_each_node_on_its_own_loopback_address_with_its_limits(two_nodes):
-    runs_dir, cluster = two_nodes
-    status = subprocess.run(
-        [str(WSSS), "cluster", "status", "--runs-dir", str(runs_dir)],
+def _cluster(command: str, runs_dir: Path) -> subprocess.CompletedProcess:
+    """`wsss cluster <command> --runs-dir <runs_dir>`, which must succeed."""
+    done = subprocess.run(
+        [str(WSSS), "cluster", command, "--runs-dir", str(runs_dir)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,
     )
-    assert status.returncode == 0, status.stdout + status.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_up_starts_each_node_on_its_own_loopback_address_with_its_limits(two_nodes):
+    runs_dir, cluster = two_nodes
+    status = _cluster("status", runs_dir)
     assert "node 0 127.0.0.2: running (2 CPUs)" in status.stdout
     assert "node 1 127.0.0.3: running (2 CPUs)" in status.stdout
     nodes = {n.node_ip: n for n in ray.util.state.list_nodes(address=cluster.dashboard_url)}
@@ -162,13 +162,7 @@ def test_a_submitted_smoke_job_runs_on_both_nodes_and_survives_losing_one_mid_st
                 assert job.poll() is None, "the job ended before the fault: " + console.read_text()
                 assert time.monotonic() < deadline, "the node at 127.0.0.3 is still running"
                 time.sleep(1)
-            up = subprocess.run(
-                [str(WSSS), "cluster", "up", "--runs-dir", str(cluster_runs)],
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            assert up.returncode == 0, up.stdout + up.stderr
+            up = _cluster("up", cluster_runs)
             assert "head 127.0.0.2: already running" in up.stdout
             assert "worker 127.0.0.3: started" in up.stdout
             job.wait(timeout=1200)

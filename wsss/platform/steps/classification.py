@@ -279,22 +279,15 @@ class CamExtractor:
         return {"id": batch["id"], "split": batch["split"], "top_score": np.array(tops, np.float32)}
 
 
-def _full_resolution(cams: np.ndarray, height: int, width: int) -> np.ndarray:
-    if cams.shape[0] == 0:
-        return np.zeros((0, height, width), np.float32)
-    up = F.interpolate(
-        torch.from_numpy(cams.astype(np.float32))[None],
-        size=(height, width),
-        mode="bilinear",
-        align_corners=False,
-    )
-    return up[0].numpy()
-
-
 def _cams_at_image_size(cam_dir: Path, image_id: str, height: int, width: int):
     """(CAMs float32 [n, H, W] upsampled from the saved stride, dataset class indices [n])."""
     cams, classes = read_cams(cam_dir, image_id)
-    return _full_resolution(cams, height, width), classes
+    if cams.shape[0] == 0:
+        return np.zeros((0, height, width), np.float32), classes
+    up = F.interpolate(
+        torch.from_numpy(cams)[None], size=(height, width), mode="bilinear", align_corners=False
+    )
+    return up[0].numpy(), classes
 
 
 def cam_masks(
