@@ -19,6 +19,7 @@ from wsss.platform.ray_cluster import (
     ClusterCapacity,
     _dashboard_port,
     cluster_capacity,
+    ray_session,
     require_shared_storage,
     reserved_dashboard_port,
     unmet_requests,
@@ -117,6 +118,23 @@ def test_train_workers_must_leave_ray_data_a_whole_cpu_on_some_node() -> None:
         "no node of the cluster (1+1 CPUs) a whole CPU for Ray Data"
     ]
     assert unmet_requests(spread, ClusterCapacity(gpus=0, node_cpus=(2, 2))) == []
+
+
+def test_a_local_cluster_too_small_for_the_config_is_refused_before_it_starts(monkeypatch):
+    def start_a_cluster(config):
+        raise AssertionError("a cluster was started")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray_cluster_module, "_connection", start_a_cluster)
+    eight = RayConfig(num_cpus=2, num_workers=8, cpus_per_worker=0.5)
+    refused = pytest.raises(ConfigError, match=r"ray.num_workers=8 .* nodes \(2 CPUs\)")
+    with refused, ray_session(eight):
+        pass
+    # Its GPUs are counted once Ray has found them, after the start.
+    gpus = RayConfig(num_cpus=2, cpus_per_worker=0.5, use_gpu=True)
+    with pytest.raises(AssertionError, match="a cluster was started"), ray_session(gpus):
+        pass
 
 
 def test_the_paper_settings_fit_a_gpu_cluster_and_inference_alone_fits_a_laptop() -> None:

@@ -60,7 +60,7 @@ def test_a_space_with_a_bad_key_or_value_is_refused_naming_it(params, named):
 @pytest.mark.parametrize("preset", ["smoke", "demo", "paper"])
 def test_every_shipped_space_fits_every_preset(preset):
     base = load_config(preset)
-    assert space_names() == ["irnet", "step1", "table3"]
+    assert space_names() == ["irnet", "step1", "table3", "tta"]
     for name in space_names():
         check_space(get_space(name, base), base.model_dump(mode="json"))
 
@@ -80,6 +80,21 @@ def test_table3_is_the_papers_grid_with_encoders_the_preset_can_train():
     ]
     paper = get_space("table3", load_config("paper")).params["step3"]["grid_search"]
     assert [e["encoder"] for e in paper] == ["resnet50", "resnet101"]
+
+
+def test_tta_draws_a_scale_set_and_runs_it_with_and_without_flips():
+    space = get_space("tta", load_config("smoke"))
+    assert space.params["step3.tta.flip"] == {"grid_search": [False, True]}
+    assert [0.5, 1.0, 2.0] in space.params["step3.tta.scales"].categories  # the paper's
+    assert space.num_samples == len(space.params["step3.tta.scales"].categories)
+    params = {
+        "step3.tta.enabled": True,
+        "step3.tta.scales": [0.5, 1.0, 2.0],
+        "step3.tta.flip": True,
+    }
+    header, rows = table_rows(space, [(params, {"final_miou": 0.3, "final_test_miou": 0.2}, None)])
+    assert header == ["Scales", "Flip", "val mIoU", "test mIoU"]
+    assert rows == [["0.5 1 2", "Yes", "30.00", "20.00"]]
 
 
 def test_step1_trials_are_stopped_early_by_asha_on_val_f1():
@@ -174,18 +189,18 @@ def _search_children(base: str, parent_run_id: str) -> list[dict]:
 def test_a_sweep_killed_mid_way_resumes_without_rerunning_or_logging_twice(
     smoke_run, user_folder: Path
 ):
-    """`wsss tune --space irnet` (two trials, one step-3 epoch) over the smoke run's store:
-    the driver dies once the first trial is done (injected), `--resume` runs the second only,
-    and an MLflow server over the store shows each trial once with its params and metrics."""
+    """`wsss tune --space tta` (one draw: two trials, flips off and on) over the smoke run's
+    store: the driver dies once the first trial is done (injected), `--resume` runs the second
+    only, and an MLflow server over the store shows each trial once with its params and
+    metrics."""
     runs_dir, _ = smoke_run
-    command = [str(WSSS), "tune", "--space", "irnet", "--preset", "smoke", "--num-samples", "2",
-               "--set", "step3.epochs=1"]  # fmt: skip
+    command = [str(WSSS), "tune", "--space", "tta", "--preset", "smoke", "--num-samples", "1"]
     killed = subprocess.run(
         command, cwd=user_folder, env={**user_environment(), EXIT_AFTER_TRIALS_ENV: "1"},
         capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     assert killed.returncode == 9, killed.stdout[-3000:] + killed.stderr[-3000:]
-    (folder,) = (runs_dir / SWEEPS_DIR).glob("irnet-smoke-*")
+    (folder,) = (runs_dir / SWEEPS_DIR).glob("tta-smoke-*")
     plan = json.loads((folder / PLAN_FILE).read_text())
     (done,) = [report for report in (folder / "trials").glob("*/report.json")]
     done_at = done.stat().st_mtime_ns
@@ -200,8 +215,8 @@ def test_a_sweep_killed_mid_way_resumes_without_rerunning_or_logging_twice(
     assert len(list((folder / "trials").glob("*/report.json"))) == 2
     # Tune restored the experiment (a restart would name its trials after a new experiment).
     assert len({trial.name.rsplit("_", 1)[0] for trial in (folder / "trials").iterdir()}) == 1
-    irnet = next(line for line in resumed.stdout.splitlines() if line.startswith("  irnet:"))
-    assert "built" not in irnet  # IRNet was trained once, by the smoke run
+    step3 = next(line for line in resumed.stdout.splitlines() if line.startswith("  step3:"))
+    assert "built" not in step3  # DeepLabV3+ was trained once, by the smoke run
 
     port = free_port()
     with mlflow_server(f"sqlite:///{runs_dir / 'mlflow.db'}", port):
@@ -210,5 +225,8 @@ def test_a_sweep_killed_mid_way_resumes_without_rerunning_or_logging_twice(
     for run in children:
         params = {p["key"] for p in run["data"]["params"]}
         metrics = {m["key"] for m in run["data"]["metrics"]}
-        assert {"step2.beta", "step2.exp_times", "step2.radius_infer"} <= params
-        assert {"final_miou", "irnet_miou", "test_segmentation_miou"} <= metrics
+        assert {"step3.tta.scales", "step3.tta.flip"} <= params
+        assert {"final_miou", "segmentation_tta_miou", "test_segmentation_miou"} <= metrics
+    flips = sorted(p["value"] for run in children for p in run["data"]["params"]
+                   if p["key"] == "step3.tta.flip")  # fmt: skip
+    assert flips == ["False", "True"]

@@ -15,6 +15,7 @@ The driver's Ray Data progress bars are off: the platform counts its stages itse
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import socket
 import tempfile
@@ -76,8 +77,13 @@ def ray_session(config: RayConfig, training: bool = True) -> Iterator[str]:
     otherwise starts a local cluster and shuts it down afterwards. Inside an already
     initialised Ray (a job driver, a test session) it reuses that connection. A config that
     asks for more than the cluster has is refused on connecting (`require_resources`; without
-    `training`, only what inference asks).
+    `training`, only what inference asks); a local cluster has the config's own CPUs, so what
+    they cannot hold is refused before it starts.
     """
+    if not ray.is_initialized() and not (config.address or os.environ.get("RAY_ADDRESS")):
+        # Its GPUs are known only once Ray has found them: checked on connecting.
+        planned = ClusterCapacity(gpus=math.inf, node_cpus=(config.num_cpus,))
+        _refuse(unmet_requests(config, planned, training))
     with _connection(config) as where:
         require_resources(config, training)
         yield where
@@ -252,7 +258,10 @@ def unmet_requests(
 def require_resources(config: RayConfig, training: bool = True) -> None:
     """Raise `ConfigError` listing every request of `config` the connected cluster cannot
     meet, before any work."""
-    problems = unmet_requests(config, cluster_capacity(), training)
+    _refuse(unmet_requests(config, cluster_capacity(), training))
+
+
+def _refuse(problems: list[str]) -> None:
     if problems:
         raise ConfigError(
             "the Ray cluster cannot run this config: "
