@@ -172,3 +172,30 @@ def test_same_seed_same_outputs_different_seed_different_outputs() -> None:
     first, again, other = run(11), run(11), run(12)
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (1, 3), (200, 10000)])
+@pytest.mark.parametrize("rescale, crop", [(1.0, False), (0.5, True), (0.3, True), (2.0, True)])
+def test_every_transform_takes_a_one_pixel_or_a_very_wide_image(height, width, rescale, crop):
+    """Every transform firing: the output is the training size whatever the image's shape,
+    and a 1x1 image scaled by 0.5 keeps its pixel (padded to 2x2 with ignore first)."""
+    every_transform = AugmentationConfig(
+        hflip_p=1.0, shift_scale_rotate_p=1.0, gauss_noise_p=1.0, brightness_contrast_p=1.0,
+        median_blur_p=1.0, rgb_shift_p=1.0,
+    )  # fmt: skip
+    pipeline = strong_augmentation(every_transform, 16, seed=0, rescale=rescale, crop=crop)
+    image = np.full((height, width, 3), 200, np.uint8)
+    mask = np.full((height, width), 1, np.uint8)
+    out = pipeline(image=image, mask=mask, cams=np.ones((height, width, 2), np.float32))
+    assert out["image"].shape == (16, 16, 3) and out["mask"].shape == (16, 16)
+    assert out["cams"].shape == (16, 16, 2)
+    assert set(np.unique(out["mask"])) <= {1, IGNORE_INDEX}
+
+
+def test_a_one_pixel_image_scaled_by_half_keeps_its_pixel() -> None:
+    off = AugmentationConfig(**PHOTOMETRIC_OFF, **GEOMETRIC_OFF)
+    pipeline = strong_augmentation(off, 4, seed=0, rescale=0.5, crop=True)
+    out = pipeline(image=np.full((1, 1, 3), 200, np.uint8), mask=np.ones((1, 1), np.uint8))
+    # Padded to 2x2 (the pixel at the top left, ignore elsewhere), scaled to 1x1 by nearest,
+    # padded to the crop.
+    assert out["mask"][0, 0] == 1 and (out["mask"] == 1).sum() == 1

@@ -23,6 +23,8 @@ per epoch, with a seed derived from the worker rank).
 
 from __future__ import annotations
 
+import math
+
 import albumentations as A
 import cv2
 
@@ -82,12 +84,14 @@ def strong_augmentation(
     shift = (-config.shift_limit, config.shift_limit)
     rgb_shift = (-config.rgb_shift_limit, config.rgb_shift_limit)
     rescaling = [
+        # A side shorter than 1 / rescale pixels (a 1x1 image at 0.5) would scale to nothing.
+        _pad_to(math.ceil(1.0 / rescale)),
         A.RandomScale(
             scale_limit=(rescale - 1.0, rescale - 1.0),
             interpolation=cv2.INTER_LINEAR,
             mask_interpolation=cv2.INTER_NEAREST,
             p=1.0,
-        )
+        ),
     ]
     transforms = [
         *(rescaling if rescale != 1.0 else []),
