@@ -27,9 +27,11 @@ pytestmark = pytest.mark.multi_node
 
 
 @pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory) -> Iterator[tuple[Path, LocalCluster]]:
+def two_nodes(smoke_run, tmp_path_factory) -> Iterator[tuple[Path, LocalCluster]]:
     """(runs folder, cluster) of `wsss cluster up --nodes 2`, two CPUs a node (four on this
-    machine's two cores: Ray's CPU counts are scheduling slots), stopped with `down`."""
+    machine's two cores: Ray's CPU counts are scheduling slots), stopped with `down`. Started
+    after the session's smoke run, which the job below reads: an idle cluster of two nodes
+    would share the machine's two cores with that run."""
     runs_dir = tmp_path_factory.mktemp("multi") / "runs"
     command = [str(WSSS), "cluster", "up", "--nodes", "2", "--cpus", "2", "--memory-gb", "4",
                "--object-store-gb", "0.5", "--runs-dir", str(runs_dir)]  # fmt: skip
