@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 from conftest import WSSS, free_port, mlflow_server, user_environment
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from wsss.platform import pipeline
 from wsss.platform.datasets.images import read_mask, read_rgb
 from wsss.platform.datasets.manifest import load_dataset
+from wsss.platform.datasets.synthetic import AWKWARD_KINDS, EXIF_ORIENTATION, awkward_kind
 from wsss.platform.pipeline import (
     REPORT_FILE,
     _data_key,
@@ -77,6 +79,39 @@ def test_the_run_folder_holds_config_and_every_steps_artifacts(smoke_run):
     assert (run_dir / "step2" / "irnet.pt").is_file()
     assert any((run_dir / "step2" / "pseudo_masks").glob("train_*.png"))
     assert (run_dir / "step3" / "segmenter.pt").is_file()
+
+
+def test_awkward_image_files_go_through_every_step(smoke_run, smoke_config):
+    """The smoke set stores its first train and val images as grey, RGBA, 16-bit, CMYK,
+    EXIF-turned, 1x1 and (train) 10000x200 files: each is stored so, and the run gave each a CAM
+    and a pseudo mask of the picture's displayed size, and scored the val ones."""
+    runs_dir, report = smoke_run
+    run_dir = runs_dir / "smoke"
+    info, rows = load_dataset(next((runs_dir / "datasets").iterdir()))
+    stored = {
+        "grey": lambda image: image.mode == "L",
+        "rgba": lambda image: image.mode == "RGBA",
+        "sixteen_bit": lambda image: image.mode == "I;16",
+        "cmyk": lambda image: image.mode == "CMYK",
+        "exif_turned": lambda image: image.getexif().get(EXIF_ORIENTATION) == 6,
+        "one_pixel": lambda image: image.size == (1, 1),
+        "wide": lambda image: image.size == (10000, 200),
+    }
+    met = []
+    for row in rows:
+        kind = awkward_kind(smoke_config.data.synthetic, row.split, int(row.id.split("_")[1]))
+        if kind is None:
+            continue
+        met.append((row.split, kind))
+        with Image.open(info.root / row.image) as image:
+            assert stored[kind](image), (row.id, kind)
+        assert (run_dir / "step1" / "cams" / f"{row.id}.npz").is_file()
+        pseudo = read_mask(run_dir / "step2" / "pseudo_masks" / f"{row.id}.png")
+        assert pseudo.shape == read_rgb(info.root / row.image).shape[:2], (row.id, kind)
+    assert sorted(met) == sorted(
+        [("train", kind) for kind in AWKWARD_KINDS] + [("val", kind) for kind in AWKWARD_KINDS[:-1]]
+    )
+    assert sum(report["dataset"]["images"].values()) == len(rows)
 
 
 def test_segmenter_learns_the_pseudo_masks_it_was_trained_on(smoke_run):

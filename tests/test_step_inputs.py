@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray.data
+import torch
 
 from wsss.platform.config import ConfigError, RayConfig
 from wsss.platform.datasets.manifest import ManifestRow
@@ -22,7 +23,7 @@ from wsss.platform.steps import (
 
 
 def test_present_inputs_pass(tmp_path: Path):
-    (tmp_path / "classifier.pt").write_bytes(b"x")
+    torch.save({"state_dict": {}}, tmp_path / "classifier.pt")
     require_inputs("step 2", {"the classifier": tmp_path / "classifier.pt", "a folder": tmp_path})
 
 
@@ -41,6 +42,18 @@ def test_a_link_to_a_deleted_file_is_called_broken(tmp_path: Path):
     with pytest.raises(StepInputError, match=r"classifier\.pt is a broken link"):
         require_inputs("step 3", {"the classifier": link})
     assert isinstance(StepInputError("x"), FileNotFoundError)
+
+
+def test_a_damaged_saved_model_is_named_with_the_step_and_the_folder_to_remove(tmp_path: Path):
+    model = tmp_path / "step1-abc" / "classifier.pt"
+    model.parent.mkdir()
+    torch.save({"state_dict": {"w": torch.zeros(64, 64)}}, model)
+    require_inputs("step 3", {"the classifier": model})
+    model.write_bytes(model.read_bytes()[:-100])
+    with pytest.raises(StepInputError) as error:
+        require_inputs("step 3", {"the classifier": model})
+    assert str(error.value).startswith(f"step 3 needs the classifier: {model} cannot be read")
+    assert f"remove the folder that holds it ({model.parent})" in str(error.value)
 
 
 def test_only_splits_with_masks_are_scored():

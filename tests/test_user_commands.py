@@ -59,15 +59,26 @@ def test_the_run_log_keeps_everything(smoke_run):
     assert "[step3] done in" in log
 
 
-def test_a_missing_input_stops_the_step_at_once_with_one_line_and_the_log(
-    smoke_run, runs_without_step2
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        ("deleted", "classifier.pt is a broken link"),
+        ("cut short", "cannot be read as a saved model"),
+    ],
+)
+def test_a_missing_or_damaged_input_stops_the_step_at_once_with_one_line_and_the_log(
+    smoke_run, runs_without_step2, damage: str, problem: str
 ):
-    """Step 1 is finished in the cache, but the classifier it links to is gone: step 2 says
-    so before Ray Train starts (no worker tries and retries it), in one line that names the
-    step and the file, and points at the log, which holds the traceback."""
+    """Step 1 is finished in the cache, but the classifier it links to is gone or cut short:
+    step 2 says so before Ray Train starts (no worker tries and retries it), in one line that
+    names the step and the file, and points at the log, which holds the traceback."""
     # The classifier the smoke run's step 1 uses, in the copy.
     step1 = runs_without_step2 / "cache" / (smoke_run[0] / "smoke" / "step1").resolve().name
-    (step1 / "classifier.pt").resolve().unlink()
+    classifier = (step1 / "classifier.pt").resolve()
+    if damage == "deleted":
+        classifier.unlink()
+    else:
+        classifier.write_bytes(classifier.read_bytes()[:-4096])
 
     result = subprocess.run(
         [str(WSSS), "run", "--preset", "smoke", "--runs-dir", "runs"],
@@ -81,7 +92,7 @@ def test_a_missing_input_stops_the_step_at_once_with_one_line_and_the_log(
     assert "[step1] reusing" in result.stdout
     errors = result.stdout.splitlines()[-2:]
     assert errors[0].startswith("error: step 2 (IRNet, pseudo masks) failed: StepInputError: ")
-    assert "(step2.backbone_from)" in errors[0] and "classifier.pt is a broken link" in errors[0]
+    assert "(step2.backbone_from)" in errors[0] and problem in errors[0]
     log_file = runs_without_step2 / "smoke" / "run.log"
     assert errors[1] == f"the full log is in {log_file}"
     log = log_file.read_text()

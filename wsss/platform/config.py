@@ -61,6 +61,11 @@ class SyntheticConfig(StrictModel):
     distractors: int = Field(3, ge=0, le=20, description="max no-class clutter shapes per image")
     ignore_border: int = Field(1, ge=0, le=8, description="255 band around objects in masks")
     workers: int = Field(2, ge=1, le=256, description="processes that draw images in parallel")
+    awkward_files: bool = Field(
+        False,
+        description="store the first train and val images as grey, RGBA, 16-bit, CMYK, "
+        "EXIF-turned, 1x1 and (train only) 10000x200 files",
+    )
 
     @model_validator(mode="after")
     def _objects_range(self) -> SyntheticConfig:

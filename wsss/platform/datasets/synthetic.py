@@ -19,6 +19,9 @@ What it builds in, and why:
 The set is written in the PASCAL VOC 2012 layout plus `classes.txt`, and imported with the VOC
 adapter, so the built-in set runs through the same code as real data. Every image is drawn from
 its own seed (dataset seed, split, index), so the set is identical whatever the worker count.
+With `awkward_files` on, the first train and val images are stored the ways users' files come
+(grey, RGBA, 16-bit, CMYK, EXIF-turned, 1x1, 10000x200), their masks resized with them, so
+a run meets them in every step.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ from wsss.platform.datasets.stats import dataset_stats
 
 SUMMARY_FILE = "synth_summary.json"
 ORACLE_DIR = "oracle"
+# The kinds of image file users' collections hold besides RGB JPEGs (`awkward_files`).
+AWKWARD_KINDS = ("grey", "rgba", "sixteen_bit", "cmyk", "exif_turned", "one_pixel", "wide")
+AWKWARD_SIZES = {"one_pixel": (1, 1), "wide": (10000, 200)}  # (width, height)
+EXIF_ORIENTATION = 0x0112
 
 MAIN_NAMES = (
     "dog", "bird", "cat", "car", "horse", "boat", "chair", "bottle", "sheep", "cow",
@@ -447,6 +454,41 @@ def _annotation_xml(image_id: str, size: int, boxes: Sequence[tuple[str, tuple]]
     )
 
 
+def awkward_kind(config: SyntheticConfig, split: str, index: int) -> str | None:
+    """How image `index` of `split` is stored when `config.awkward_files` is on, else None.
+    The wide file stays out of val: its pixels would outnumber the rest of the split's in the
+    pixel-pooled mIoU."""
+    if not config.awkward_files or split == "test":
+        return None
+    kinds = AWKWARD_KINDS if split == "train" else AWKWARD_KINDS[:-1]
+    return kinds[index] if index < len(kinds) else None
+
+
+def _write_image(path: Path, image: np.ndarray, kind: str | None) -> None:
+    """`image` at `path` as a JPEG, or as the awkward `kind` of file (PNG data under the VOC
+    layout's .jpg name where a JPEG cannot hold it, as in collections scraped from the web)."""
+    picture = Image.fromarray(image)
+    if kind is None:
+        picture.save(path, format="JPEG", quality=92)
+    elif kind == "grey":
+        picture.convert("L").save(path, format="JPEG", quality=92)
+    elif kind == "rgba":
+        picture.convert("RGBA").save(path, format="PNG")
+    elif kind == "sixteen_bit":
+        grey = np.asarray(picture.convert("L"), np.uint16) * 257
+        Image.fromarray(grey).save(path, format="PNG")
+    elif kind == "cmyk":
+        picture.convert("CMYK").save(path, format="JPEG", quality=92)
+    elif kind == "exif_turned":
+        # Stored turned a quarter to the left; orientation 6 tells a viewer to turn it back.
+        turned = picture.transpose(Image.Transpose.ROTATE_90)
+        exif = turned.getexif()
+        exif[EXIF_ORIENTATION] = 6
+        turned.save(path, format="JPEG", quality=92, exif=exif)
+    else:
+        picture.resize(AWKWARD_SIZES[kind], Image.Resampling.BILINEAR).save(path, format="PNG")
+
+
 def _image_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed, SPLITS.index(split), index])
 
@@ -464,7 +506,12 @@ def _render_chunk(args: tuple[Path, SyntheticConfig, int, str, list[int]]) -> li
         rng = np.random.default_rng(_image_seed(seed, split, index))
         drawn = draw_image(designs, config, rng)
         image_id = f"{split}_{index:06d}"
-        Image.fromarray(drawn.image).save(out / "JPEGImages" / f"{image_id}.jpg", quality=92)
+        kind = awkward_kind(config, split, index)
+        _write_image(out / "JPEGImages" / f"{image_id}.jpg", drawn.image, kind)
+        mask = drawn.mask
+        if kind in AWKWARD_SIZES:
+            resized = Image.fromarray(mask).resize(AWKWARD_SIZES[kind], Image.Resampling.NEAREST)
+            mask = np.asarray(resized)
         given = list(drawn.labels)
         boxes = drawn.boxes
         if (
@@ -483,8 +530,12 @@ def _render_chunk(args: tuple[Path, SyntheticConfig, int, str, list[int]]) -> li
             if split == "train"
             else out / ("SegmentationClass")
         )
-        write_palette_png(mask_dir / f"{image_id}.png", drawn.mask)
-        records.append({"id": image_id, "split": split, "labels": drawn.labels})
+        write_palette_png(mask_dir / f"{image_id}.png", mask)
+        labels = drawn.labels
+        if kind in AWKWARD_SIZES:
+            present = set(np.unique(mask).tolist()) - {0, IGNORE_INDEX}
+            labels = [d.name for d in designs if d.name in labels and d.index in present] or labels
+        records.append({"id": image_id, "split": split, "labels": labels})
     return records
 
 

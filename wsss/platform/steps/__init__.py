@@ -24,6 +24,7 @@ from wsss.platform.config import ConfigError, RayConfig
 from wsss.platform.console import Progress
 from wsss.platform.datasets.manifest import ManifestRow
 from wsss.platform.metrics import ConfusionMatrix
+from wsss.platform.model_file import ModelFileError, load_model_file
 from wsss.platform.training import MIN_TRAIN_BATCH
 
 # Splits with pixel ground truth that every step is scored on: val is the paper's column (step
@@ -46,13 +47,19 @@ class StepInputError(FileNotFoundError):
 
 def require_inputs(step: str, inputs: Mapping[str, Path]) -> None:
     """Raise `StepInputError` naming the first of `inputs` ({what: path}) that is missing or
-    unreadable; a Ray worker would otherwise fail on it, and be retried, minutes later."""
+    unreadable, a saved model (`.pt`) included that cannot be loaded; a Ray worker would
+    otherwise fail on it, and be retried, minutes later."""
     for what, path in inputs.items():
         if not path.exists():
             problem = "does not exist" if not path.is_symlink() else "is a broken link"
         elif not os.access(path, os.R_OK):
             problem = "is not readable"
         else:
+            if path.suffix == ".pt":
+                try:
+                    load_model_file(path)
+                except ModelFileError as error:
+                    raise StepInputError(f"{step} needs {what}: {error}") from error
             continue
         raise StepInputError(f"{step} needs {what}: {path} {problem}")
 
