@@ -38,7 +38,7 @@ from typing import Any
 
 from wsss.platform.config import ConfigError, WsssConfig, load_config
 from wsss.platform.console import show_on_console
-from wsss.platform.datasets.manifest import load_dataset
+from wsss.platform.datasets.manifest import ORACLE_MASK_DIR, load_dataset
 from wsss.platform.pipeline import STEP_NAMES, prepare_dataset, run_pipeline
 from wsss.platform.ray_cluster import ray_session
 from wsss.platform.steps import classification, segmentation
@@ -52,7 +52,6 @@ ABLATIONS: dict[str, list[str]] = {
     "person_binary": ["step1.exclude_classes=[person]", "step1.merge_binary_cams=true"],
     "irnet_thres_0.5": ["step2.sem_seg_bg_thres=0.5"],
 }
-ORACLE_MASK_DIR = Path("oracle") / "SegmentationClass"
 
 
 def _config(preset: str, seed: int, name: str, overrides: list[str]) -> WsssConfig:

@@ -22,8 +22,9 @@ from PIL import Image
 
 from wsss.platform import pipeline
 from wsss.platform.datasets.images import read_mask, read_rgb
-from wsss.platform.datasets.manifest import load_dataset
+from wsss.platform.datasets.manifest import ORACLE_MASK_DIR, load_dataset
 from wsss.platform.datasets.synthetic import AWKWARD_KINDS, EXIF_ORIENTATION, awkward_kind
+from wsss.platform.metrics import ConfusionMatrix
 from wsss.platform.pipeline import (
     REPORT_FILE,
     _data_key,
@@ -45,9 +46,10 @@ STEPS = ("cam", "cam_crf", "irnet", "segmentation", "segmentation_tta")
 def test_report_has_the_promised_shape_and_ranges(smoke_run):
     runs_dir, report = smoke_run
     assert set(report) == {
-        "dataset", "classifier", "steps", "split", "test_steps", "timings_s", "store", "run_dir",
-        "mlflow",
+        "dataset", "classifier", "steps", "split", "test_steps", "train_steps", "timings_s",
+        "store", "run_dir", "mlflow",
     }  # fmt: skip
+    assert set(report["train_steps"]) == {"cam", "cam_crf", "irnet"}
     assert report["run_dir"] == str(runs_dir / "smoke")
     # A first run builds every step (the classifier inside step 1, IRNet inside step 2).
     for step in ("classifier", "irnet", "step1", "step2", "step3"):
@@ -114,6 +116,21 @@ def test_awkward_image_files_go_through_every_step(smoke_run, smoke_config):
     assert sum(report["dataset"]["images"].values()) == len(rows)
 
 
+def test_train_rows_score_the_pseudo_masks_against_the_train_splits_true_masks(smoke_run):
+    """The built-in set keeps its train masks apart; the train IRNet row is step 2's train
+    pseudo masks against them (recomputed here from the files), drawn with the weak labels."""
+    runs_dir, report = smoke_run
+    info, rows = load_dataset(next((runs_dir / "datasets").iterdir()))
+    matrix = ConfusionMatrix(len(info.classes))
+    for row in [r for r in rows if r.split == "train"]:
+        pseudo = read_mask(runs_dir / "smoke" / "step2" / "pseudo_masks" / f"{row.id}.png")
+        matrix.update(pseudo, read_mask(info.root / ORACLE_MASK_DIR / f"{row.id}.png"))
+    train = report["train_steps"]
+    assert train["irnet"]["miou"] == pytest.approx(matrix.summary(info.classes)["miou"])
+    assert train["cam"]["miou"] != report["steps"]["cam"]["miou"]
+    assert 0.0 < train["cam_crf"]["miou"] < 1.0
+
+
 def test_segmenter_learns_the_pseudo_masks_it_was_trained_on(smoke_run):
     """Step 3 fits its targets: on train images its labels agree with step 2's pseudo masks far
     more often than a uniformly random labelling (1/K of the pixels) would."""
@@ -172,6 +189,8 @@ def _parent_and_step_runs(client: MlflowClient, run_id: str, report: dict) -> tu
     """The parent run `run_id`, its every val and test mIoU checked against `report`, and its
     step runs by name (one each)."""
     parent = client.get_run(run_id)
+    for name, metrics in report["train_steps"].items():
+        assert parent.data.metrics[f"train_{name}_miou"] == pytest.approx(metrics["miou"])
     for name in STEPS:
         assert parent.data.metrics[f"{name}_miou"] == pytest.approx(report["steps"][name]["miou"])
         test_miou = report["test_steps"][name]["miou"]

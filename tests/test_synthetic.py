@@ -8,9 +8,13 @@ import pytest
 
 from wsss.platform.config import SyntheticConfig, load_config
 from wsss.platform.datasets.images import IGNORE_INDEX, read_mask, read_rgb
-from wsss.platform.datasets.manifest import load_dataset
+from wsss.platform.datasets.manifest import (
+    ORACLE_LABELS,
+    ORACLE_MASK_DIR,
+    load_dataset,
+    with_oracle_masks,
+)
 from wsss.platform.datasets.synthetic import (
-    ORACLE_DIR,
     SUMMARY_FILE,
     build_synthetic_dataset,
     design_classes,
@@ -45,7 +49,17 @@ def test_train_has_image_labels_only_and_val_test_have_masks(synthetic_set):
     assert all(r.mask is None for r in rows if r.split == "train")
     assert all(r.mask is not None for r in rows if r.split != "train")
     # The upper-bound masks of train images exist, but outside anything the manifest names.
-    assert len(list((out / ORACLE_DIR / "SegmentationClass").glob("*.png"))) == 600
+    assert len(list((out / ORACLE_MASK_DIR).glob("*.png"))) == 600
+    # Only scoring rows name them, and only for train.
+    scoring = with_oracle_masks(rows, out)
+    assert [r.mask for r in scoring if r.split != "train"] == [
+        r.mask for r in rows if r.split != "train"
+    ]
+    train = [r for r in scoring if r.split == "train"]
+    assert all(r.mask == f"oracle/SegmentationClass/{r.id}.png" for r in train)
+    (out / ORACLE_MASK_DIR / f"{train[0].id}.png").rename(out / "aside.png")
+    assert with_oracle_masks(rows, out)[0].mask is None
+    (out / "aside.png").rename(out / ORACLE_MASK_DIR / f"{train[0].id}.png")
 
 
 def test_val_masks_agree_with_complete_labels_and_mark_borders_ignore(synthetic_set):
@@ -73,7 +87,7 @@ def test_dominant_class_cooccurs_and_its_label_goes_missing(synthetic_set):
     assert 0.7 <= summary["dominant_cooccurrence"] <= 0.9
     assert 0.3 <= summary["missing_label_rate"] <= 0.5
     assert json.loads((out / SUMMARY_FILE).read_text()) == summary
-    truth = json.loads((out / ORACLE_DIR / "labels.json").read_text())
+    truth = json.loads((out / ORACLE_LABELS).read_text())
     _, rows = load_dataset(out)
     for row in (r for r in rows if r.split == "train"):
         assert set(row.labels) <= set(truth[row.id])

@@ -426,6 +426,10 @@ def run_pipeline(
             "steps": steps["val"],
             "split": "val",
             "test_steps": steps.get("test", {}),
+            "train_steps": {
+                **summaries["step1"]["metrics"].get("train", {}),
+                **summaries["step2"]["metrics"].get("train", {}),
+            },
             "timings_s": timings,
             "store": _store_events(store),
             "run_dir": str(run_dir),
@@ -456,7 +460,7 @@ def _log_results(
 ) -> None:
     """The parent run's scores of every step, Figure-2 panels, the final model and the
     report."""
-    for split, metrics in (("val", report["steps"]), ("test", report["test_steps"])):
+    for split, metrics in _report_splits(report).items():
         for name, scores in metrics.items():
             tracker.log_metrics(metric_values(scores, _metric_prefix(name, split)))
     if tracker.enabled:  # what only MLflow shows: not drawn for a sweep's trial
@@ -514,9 +518,19 @@ def _metric_prefix(name: str, split: str) -> str:
     return name if split == "val" else f"{split}_{name}"
 
 
+def _report_splits(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{split: {row: metrics}} of a report: train (steps 1 and 2's masks against the train
+    split's true masks, where the data set has them), val and test."""
+    return {
+        "train": report.get("train_steps", {}),
+        "val": report["steps"],
+        "test": report.get("test_steps", {}),
+    }
+
+
 def table2(report: dict[str, Any]) -> dict[str, dict[str, float]]:
     """The paper's Table 2 for this run: mIoU per step and scored split, in percent."""
-    columns = {"val": report["steps"], "test": report.get("test_steps", {})}
+    columns = _report_splits(report)
     return {
         title: {
             split: round(100 * metrics[name]["miou"], 2)
@@ -528,13 +542,23 @@ def table2(report: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def format_table2(report: dict[str, Any]) -> str:
-    """Table 2 as text: a row per step, a column per scored split (val is the paper's)."""
+    """Table 2 as text: a row per step, a column per scored split (val is the paper's), and
+    what the columns measure."""
     rows = table2(report)
-    splits = [s for s in ("val", "test") if any(s in row for row in rows.values())]
+    splits = [s for s in ("train", "val", "test") if any(s in row for row in rows.values())]
     width = max(len(k) for k in rows)
-    lines = [f"{'Method step':<{width}}" + "".join(f"  {s + ' mIoU':>9}" for s in splits)]
+    heads = {s: f"{s} mIoU" for s in splits}
+    widths = {s: max(9, len(head)) for s, head in heads.items()}
+    lines = [f"{'Method step':<{width}}" + "".join(f"  {heads[s]:>{widths[s]}}" for s in splits)]
     for title, row in rows.items():
         if row:  # a row the run did not make (TTA off) is left out
-            cells = "".join(f"  {row[s]:9.2f}" if s in row else f"  {'':>9}" for s in splits)
+            cells = "".join(
+                f"  {row[s]:{widths[s]}.2f}" if s in row else "  " + " " * widths[s] for s in splits
+            )
             lines.append(f"{title:<{width}}{cells}")
+    if "train" in splits:
+        lines.append(
+            "train: the pseudo masks step 3 learns from, against the train split's true masks"
+        )
+        lines.append("val, test: steps 1 and 2 are given each image's true labels, step 3 none")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,11 @@ BACKGROUND = "background"
 DATASET_FILE = "dataset.json"
 MANIFEST_FILE = "manifest.jsonl"
 REJECTED_FILE = "rejected.jsonl"
+# Where a data set may keep what the weak pipeline never reads: the train split's true masks
+# and labels (the built-in set does). Only pseudo masks are scored against them.
+ORACLE_DIR = Path("oracle")
+ORACLE_MASK_DIR = ORACLE_DIR / "SegmentationClass"
+ORACLE_LABELS = ORACLE_DIR / "labels.json"
 
 
 class DatasetError(ValueError):
@@ -41,6 +46,18 @@ class ManifestRow:
     split: str
     labels: tuple[str, ...]
     mask: str | None = None
+
+
+def with_oracle_masks(rows: Sequence[ManifestRow], root: Path) -> list[ManifestRow]:
+    """`rows` with each train row's mask set to its true mask in `ORACLE_MASK_DIR` under
+    `root`, where the data set keeps one: rows to score pseudo masks with, never to train on."""
+    oracle = Path(root) / ORACLE_MASK_DIR
+    return [
+        replace(row, mask=str(ORACLE_MASK_DIR / f"{row.id}.png"))
+        if row.split == "train" and (oracle / f"{row.id}.png").is_file()
+        else row
+        for row in rows
+    ]
 
 
 @dataclass

@@ -10,9 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from wsss.platform.datasets.images import IGNORE_INDEX, read_mask
-from wsss.platform.datasets.manifest import SPLITS, ManifestRow, load_dataset
-
-ORACLE_LABELS = Path("oracle/labels.json")
+from wsss.platform.datasets.manifest import ORACLE_LABELS, SPLITS, ManifestRow, load_dataset
 
 
 def dataset_stats(dataset_dir: Path | str, dominant_class: str = "person") -> dict:

@@ -42,11 +42,16 @@ from scipy import ndimage
 from wsss.platform.config import SyntheticConfig
 from wsss.platform.datasets.adapters import import_dataset
 from wsss.platform.datasets.images import IGNORE_INDEX, write_palette_png
-from wsss.platform.datasets.manifest import BACKGROUND, SPLITS, write_atomic
+from wsss.platform.datasets.manifest import (
+    BACKGROUND,
+    ORACLE_LABELS,
+    ORACLE_MASK_DIR,
+    SPLITS,
+    write_atomic,
+)
 from wsss.platform.datasets.stats import dataset_stats
 
 SUMMARY_FILE = "synth_summary.json"
-ORACLE_DIR = "oracle"
 # The kinds of image file users' collections hold besides RGB JPEGs (`awkward_files`).
 AWKWARD_KINDS = ("grey", "rgba", "sixteen_bit", "cmyk", "exif_turned", "one_pixel", "wide")
 AWKWARD_SIZES = {"one_pixel": (1, 1), "wide": (10000, 200)}  # (width, height)
@@ -525,11 +530,7 @@ def _render_chunk(args: tuple[Path, SyntheticConfig, int, str, list[int]]) -> li
         (out / "Annotations" / f"{image_id}.xml").write_text(
             _annotation_xml(image_id, config.image_size, boxes)
         )
-        mask_dir = (
-            out / ORACLE_DIR / "SegmentationClass"
-            if split == "train"
-            else out / ("SegmentationClass")
-        )
+        mask_dir = out / ORACLE_MASK_DIR if split == "train" else out / ("SegmentationClass")
         write_palette_png(mask_dir / f"{image_id}.png", mask)
         labels = drawn.labels
         if kind in AWKWARD_SIZES:
@@ -550,7 +551,7 @@ def generate(out: Path, config: SyntheticConfig, seed: int = 0) -> None:
     out = Path(out)
     for folder in ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation"):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    (out / ORACLE_DIR / "SegmentationClass").mkdir(parents=True, exist_ok=True)
+    (out / ORACLE_MASK_DIR).mkdir(parents=True, exist_ok=True)
     classes = class_names(config)
     counts = {"train": config.train_images, "val": config.val_images, "test": config.test_images}
     chunk = 32
@@ -570,7 +571,7 @@ def generate(out: Path, config: SyntheticConfig, seed: int = 0) -> None:
         (out / "ImageSets/Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
     (out / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
     oracle = {r["id"]: r["labels"] for r in records if r["split"] == "train"}
-    (out / ORACLE_DIR / "labels.json").write_text(json.dumps(oracle))
+    (out / ORACLE_LABELS).write_text(json.dumps(oracle))
 
 
 def build_synthetic_dataset(out: Path, config: SyntheticConfig, seed: int = 0) -> dict:

@@ -30,6 +30,9 @@ from wsss.platform.training import MIN_TRAIN_BATCH
 # Splits with pixel ground truth that every step is scored on: val is the paper's column (step
 # 3 picks its epoch there), test is scored alongside where the data set has its masks.
 SCORED_SPLITS = ("val", "test")
+# Steps 1 and 2's masks are scored on train too where the data set has its true masks (VOC's
+# train masks, the built-in set's oracle masks): the quality of the masks step 3 learns from.
+MASK_SCORED_SPLITS = ("train", *SCORED_SPLITS)
 # The column of a scoring pass's output that counts the images of each batch.
 IMAGES_COLUMN = "images"
 # Fault injection for the lost-node test: "<node address>:<marker file>" makes the first
@@ -84,9 +87,9 @@ def require_split_sizes(rows: Sequence[ManifestRow], ray_config: RayConfig) -> N
         )
 
 
-def scored_splits(rows: Sequence[ManifestRow]) -> list[str]:
-    """The splits of `SCORED_SPLITS` that have rows with pixel ground truth."""
-    return [s for s in SCORED_SPLITS if any(r.split == s and r.mask is not None for r in rows)]
+def scored_splits(rows: Sequence[ManifestRow], among: Sequence[str] = SCORED_SPLITS) -> list[str]:
+    """The splits of `among` that have rows with pixel ground truth."""
+    return [s for s in among if any(r.split == s and r.mask is not None for r in rows)]
 
 
 def inference_device() -> torch.device:

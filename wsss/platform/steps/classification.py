@@ -27,12 +27,12 @@ from wsss.platform.crf import refine_labels
 from wsss.platform.data.balance import balance, binary_task_rows, remove_classes
 from wsss.platform.data.pipeline import rows_dataset, training_dataset
 from wsss.platform.datasets.images import read_mask, read_rgb, write_palette_png
-from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
+from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow, with_oracle_masks
 from wsss.platform.metrics import ConfusionMatrix
 from wsss.platform.model_file import load_model_file
 from wsss.platform.steps import (
     IMAGES_COLUMN,
-    SCORED_SPLITS,
+    MASK_SCORED_SPLITS,
     actor_pool_options,
     inference_device,
     read_cams,
@@ -314,13 +314,13 @@ def refine_and_score(
     cam_dir: str,
     ir_dir: str,
 ) -> dict[str, np.ndarray]:
-    """Dense-CRF task over CAM files: IR labels for train images; for images of the scored
-    splits, the confusion matrices (flattened, one column per `<metric>_<split>`) of the CAM
-    and CAM+CRF masks against the ground truth."""
+    """Dense-CRF task over CAM files: IR labels for train images; for images with a mask, the
+    confusion matrices (flattened, one column per `<metric>_<split>`) of the CAM and CAM+CRF
+    masks against it."""
     matrices = {
         f"{name}_{split}": ConfusionMatrix(num_classes)
         for name in CAM_METRICS
-        for split in SCORED_SPLITS
+        for split in MASK_SCORED_SPLITS
     }
     rows = zip(batch["id"], batch["image"], batch["split"], batch["mask"], strict=True)
     for image_id, image_path, split, mask in rows:
@@ -332,7 +332,7 @@ def refine_and_score(
                 cams, classes - 1, config.conf_fg_thres, config.conf_bg_thres, refine=crf
             )
             write_palette_png(Path(ir_dir) / f"{image_id}.png", labels)
-        elif split in SCORED_SPLITS and isinstance(mask, str):
+        if split in MASK_SCORED_SPLITS and isinstance(mask, str):
             truth = read_mask(Path(root) / mask)
             masks = cam_masks(image, str(image_id), Path(cam_dir), config)
             for name, predicted in zip(CAM_METRICS, masks, strict=True):
@@ -364,7 +364,8 @@ def extract_cams(
     labels and CAM metrics (tasks).
 
     Returns {"metrics": {split: {"cam": summary, "cam_crf": summary}}, "train_top_scores":
-    {id: top score}}: the classifier's highest class score per train image, for step 2's
+    {id: top score}}: the metrics of the scored splits and, where the data set has its true
+    masks, of train; the classifier's highest class score per train image, for step 2's
     confidence filter.
     """
     require_inputs("step 1's CAM extraction", {f"the model {f.name}": f for f in model_files})
@@ -372,7 +373,9 @@ def extract_cams(
     cam_dir.mkdir(parents=True, exist_ok=True)
     ir_dir.mkdir(parents=True, exist_ok=True)
     splits = scored_splits(rows)
-    wanted = [r for r in rows if r.split == "train" or r.split in splits]
+    wanted = [
+        r for r in with_oracle_masks(rows, info.root) if r.split == "train" or r.split in splits
+    ]
     extracted = rows_dataset(wanted).map_batches(
         CamExtractor,
         fn_constructor_kwargs={
@@ -409,14 +412,15 @@ def extract_cams(
         batch_format="numpy",
         num_cpus=1,
     )
-    columns = [f"{name}_{split}" for name in CAM_METRICS for split in splits]
+    mask_splits = scored_splits(wanted, MASK_SCORED_SPLITS)
+    columns = [f"{name}_{split}" for name in CAM_METRICS for split in mask_splits]
     totals = total_confusions(
         scored, columns, len(info.classes), Progress("[step1] dense CRF", len(wanted))
     )
     return {
         "metrics": {
             split: {name: totals[f"{name}_{split}"].summary(info.classes) for name in CAM_METRICS}
-            for split in splits
+            for split in mask_splits
         },
         "train_top_scores": train_top_scores,
     }

@@ -23,12 +23,12 @@ from wsss.platform.config import IRNetConfig, WsssConfig
 from wsss.platform.console import Progress
 from wsss.platform.data.pipeline import rows_dataset, training_dataset
 from wsss.platform.datasets.images import read_mask, read_rgb, write_palette_png
-from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
+from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow, with_oracle_masks
 from wsss.platform.metrics import ConfusionMatrix
 from wsss.platform.model_file import load_model_file
 from wsss.platform.steps import (
     IMAGES_COLUMN,
-    SCORED_SPLITS,
+    MASK_SCORED_SPLITS,
     actor_pool_options,
     inference_device,
     read_cams,
@@ -158,7 +158,7 @@ def train_irnet(
 
 class PseudoMaskWriter:
     """Ray Data actor: loads IRNet once; writes each image's pseudo mask and scores those of
-    the scored splits (a flattened confusion matrix per split and batch)."""
+    the images with a mask (a flattened confusion matrix per split and batch)."""
 
     def __init__(
         self,
@@ -179,7 +179,7 @@ class PseudoMaskWriter:
         self.config, self.num_classes = config, num_classes
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        matrices = {split: ConfusionMatrix(self.num_classes) for split in SCORED_SPLITS}
+        matrices = {split: ConfusionMatrix(self.num_classes) for split in MASK_SCORED_SPLITS}
         rows = zip(batch["id"], batch["image"], batch["split"], batch["mask"], strict=True)
         for image_id, image_path, split, mask in rows:
             image = read_rgb(self.root / str(image_path))
@@ -220,7 +220,8 @@ def make_pseudo_masks(
     step_dir: Path,
 ) -> dict[str, Any]:
     """Pseudo masks for every image with CAMs (train and the scored splits), from the IRNet in
-    `model_file`; returns {split: metrics} of the scored splits' masks."""
+    `model_file`; returns {split: metrics} of the scored splits' masks and, where the data set
+    has its true masks, of train's."""
     require_inputs(
         "step 2's pseudo masks", {"the trained IRNet": model_file, "step 1's CAMs": cam_dir}
     )
@@ -229,9 +230,10 @@ def make_pseudo_masks(
     splits = scored_splits(rows)
     wanted = [
         r
-        for r in rows
+        for r in with_oracle_masks(rows, info.root)
         if (r.split == "train" or r.split in splits) and (cam_dir / f"{r.id}.npz").is_file()
     ]
+    mask_splits = scored_splits(wanted, MASK_SCORED_SPLITS)
     confusions = rows_dataset(wanted).map_batches(
         PseudoMaskWriter,
         fn_constructor_kwargs={
@@ -247,8 +249,8 @@ def make_pseudo_masks(
         **actor_pool_options(config.ray),
     )
     progress = Progress("[step2] pseudo masks", len(wanted))
-    totals = total_confusions(confusions, splits, len(info.classes), progress)
-    return {split: dict(totals[split].summary(info.classes)) for split in splits}
+    totals = total_confusions(confusions, mask_splits, len(info.classes), progress)
+    return {split: dict(totals[split].summary(info.classes)) for split in mask_splits}
 
 
 def confident_ids(top_scores: dict[str, float], min_confidence: float) -> list[str]:
