@@ -10,6 +10,7 @@ import traceback
 from pathlib import Path
 
 import pytest
+import torch
 from ray.exceptions import RayTaskError
 from ray.train.v2.api.exceptions import WorkerGroupError
 
@@ -22,6 +23,7 @@ from wsss.platform.console import (
     forward_worker_lines,
     root_cause,
 )
+from wsss.platform.model_file import ModelFileError, load_model_file
 
 
 class FakeClock:
@@ -118,6 +120,23 @@ def test_chained_errors_are_followed_to_the_first():
             raise RuntimeError("step failed") from exc
     except RuntimeError as outer:
         assert describe_error(outer) == "ValueError: crop_size must be a multiple of 16"
+
+
+def test_a_wsss_error_is_the_root_cause_though_it_wraps_a_library_error(tmp_path: Path):
+    """A saved model cut short: torch's own error says nothing of what to do; the platform's,
+    raised from it in a Ray worker, is what the console shows."""
+    model = tmp_path / "classifier.pt"
+    torch.save({"model": {"w": torch.zeros(64, 64)}}, model)
+    model.write_bytes(model.read_bytes()[:-4096])
+    try:
+        load_model_file(model)
+    except ModelFileError as error:
+        damaged = error
+    in_worker = RayTaskError("train_fn", "Traceback (most recent call last):\n  ...", damaged)
+    failed = WorkerGroupError("Training failed due to worker errors", {0: in_worker})
+    assert damaged.__cause__ is not None  # torch's own error, which says nothing of what to do
+    assert root_cause(failed) is damaged
+    assert describe_error(failed).startswith(f"ModelFileError: {model} cannot be read")
 
 
 def test_a_long_message_is_cut_to_one_line():

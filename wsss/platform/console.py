@@ -95,9 +95,11 @@ class Progress:
 
 def root_cause(error: BaseException) -> BaseException:
     """The error that started it all: Ray's wrappers (a task's `cause`, a training run's
-    worker failures, a controller's failure) and explicit `raise ... from` chains unwrapped."""
+    worker failures, a controller's failure) and explicit `raise ... from` chains unwrapped,
+    up to the first error of wsss's own, whose message already says what happened and what
+    to do (the library error under it is in the log)."""
     seen: set[int] = set()
-    while id(error) not in seen:
+    while id(error) not in seen and not type(error).__module__.startswith("wsss."):
         seen.add(id(error))
         inner = (
             getattr(error, "cause", None)
