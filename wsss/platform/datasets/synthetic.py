@@ -461,8 +461,8 @@ def _annotation_xml(image_id: str, size: int, boxes: Sequence[tuple[str, tuple]]
 
 def awkward_kind(config: SyntheticConfig, split: str, index: int) -> str | None:
     """How image `index` of `split` is stored when `config.awkward_files` is on, else None.
-    The wide file stays out of val: its pixels would outnumber the rest of the split's in the
-    pixel-pooled mIoU."""
+    The wide file stays out of val, whose pixel-pooled mIoU its pixels would outweigh (they
+    do outweigh the rest of train's in the train rows: a set for tests, not for scores)."""
     if not config.awkward_files or split == "test":
         return None
     kinds = AWKWARD_KINDS if split == "train" else AWKWARD_KINDS[:-1]
