@@ -9,7 +9,9 @@ image labels) on the ground-truth masks of the train images, which the synthetic
 `oracle/` apart from everything the weak pipeline reads, and scores it on val and test
 without and with TTA: the fully supervised upper bound is the better of the two.
 
-Reported per step: val and test mIoU, each as mean and standard deviation over seeds.
+Reported per step: val and test mIoU (steps 1 and 2 drawn with the true and with the predicted
+labels) and, for steps 1 and 2, train mIoU against the train split's true masks, each as mean
+and standard deviation over seeds.
 `weak_to_full` = segmentation_tta / full and `cam_to_full` = cam / full, both on val, with
 full = `full_miou`.
 
@@ -19,8 +21,9 @@ binary classifier's CAMs merged, and IRNet's background threshold 0.5 instead of
 
 Run folders go to `--runs-dir` (default `runs/quality`); steps shared between rows come from the
 step cache. Prints progress and a table, and as the last line one JSON object:
-`{"steps": {step: {"val": {"mean", "std"}, "test": ...}}, "full_miou", "weak_to_full",
-"cam_to_full", "seeds", "ablations": {row: {step: val mIoU}}}` (mIoU as fractions).
+`{"steps": {step: {"train": ..., "val": {"mean", "std"}, "test": ...}}, "full_miou",
+"weak_to_full", "cam_to_full", "seeds", "ablations": {row: {step: val mIoU}}}` (mIoU as
+fractions).
 
 Run: `python bench/quality.py [--preset demo] [--seeds 3] [--ablations all|none|NAME,...]
 [--set KEY=VALUE ...]`; each `--set` changes the preset for every run, weak and fully supervised
@@ -114,16 +117,20 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 
 
 def summarize(
-    val_runs: list[dict[str, float]],
-    test_runs: list[dict[str, float]],
-    full_runs: list[dict[str, float]],
+    runs: dict[str, list[dict[str, float]]], full_runs: list[dict[str, float]]
 ) -> dict[str, Any]:
-    """Mean and std over seeds per step and split; weak-to-full and CAM-to-full on val."""
+    """Mean and std over seeds per step and split (`runs`: {split: [{step: mIoU} per seed]},
+    train holding the pseudo masks' rows where the data set has its true train masks);
+    weak-to-full and CAM-to-full on val."""
     steps: dict[str, dict[str, dict[str, float]]] = {}
     for step in STEP_NAMES:
-        steps[step] = {"val": _mean_std([run[step] for run in val_runs])}
-        if step in test_runs[0]:
-            steps[step]["test"] = _mean_std([run[step] for run in test_runs])
+        drawn = {
+            split: _mean_std([run[step] for run in split_runs])
+            for split, split_runs in runs.items()
+            if split_runs and step in split_runs[0]
+        }
+        if drawn:
+            steps[step] = drawn
     for name, suffix in (("full", ""), ("full_tta", "_tta")):
         steps[name] = {
             split: _mean_std([run[f"{split}{suffix}"] for run in full_runs])
@@ -141,18 +148,19 @@ def summarize(
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    lines = [f"{'Method step':<36}  {'val mIoU':>15}  {'test mIoU':>15}"]
+    splits = ("train", "val", "test")
+    lines = [f"{'Method step':<36}" + "".join(f"  {f'{s} mIoU':>15}" for s in splits)]
     names = {
         **STEP_NAMES,
         "full": "Full supervision (true masks)",
         "full_tta": "Full supervision (true masks) + TTA",
     }
-    for step, splits in summary["steps"].items():
+    for step, drawn in summary["steps"].items():
         cells = [
-            f"{100 * splits[s]['mean']:6.2f} ± {100 * splits[s]['std']:5.2f}" if s in splits else ""
-            for s in ("val", "test")
+            f"{100 * drawn[s]['mean']:6.2f} ± {100 * drawn[s]['std']:5.2f}" if s in drawn else ""
+            for s in splits
         ]
-        lines.append(f"{names[step]:<36}  {cells[0]:>15}  {cells[1]:>15}")
+        lines.append(f"{names[step]:<36}" + "".join(f"  {cell:>15}" for cell in cells))
     lines.append(
         f"weak_to_full {summary['weak_to_full']:.3f}   cam_to_full {summary['cam_to_full']:.3f}"
     )
@@ -195,25 +203,26 @@ def main() -> None:
     except ConfigError as exc:
         parser.error(str(exc))
     show_on_console()
-    val_runs, test_runs, full_runs = [], [], []
+    runs: dict[str, list[dict[str, float]]] = {"train": [], "val": [], "test": []}
+    full_runs = []
     ablation_rows: dict[str, dict[str, float]] = {}
     with ray_session(seed_configs[0].ray):
         for config in seed_configs:
             print(f"[quality] seed {config.seed}: weak pipeline", flush=True)
             report = run_pipeline(config, args.runs_dir)
-            val_runs.append({step: m["miou"] for step, m in report["steps"].items()})
-            test_runs.append({step: m["miou"] for step, m in report["test_steps"].items()})
+            for split, key in (("train", "train_steps"), ("val", "steps"), ("test", "test_steps")):
+                runs[split].append({step: m["miou"] for step, m in report[key].items()})
             print(f"[quality] seed {config.seed}: full supervision", flush=True)
             full_runs.append(full_supervision(config, args.runs_dir))
             print(
-                f"[quality] seed {config.seed}: val {val_runs[-1]} full {full_runs[-1]}",
+                f"[quality] seed {config.seed}: val {runs['val'][-1]} full {full_runs[-1]}",
                 flush=True,
             )
         for name, config in ablation_configs.items():
             print(f"[quality] ablation {name}: {' '.join(ABLATIONS[name])}", flush=True)
             report = run_pipeline(config, args.runs_dir)
             ablation_rows[name] = {step: m["miou"] for step, m in report["steps"].items()}
-    summary = summarize(val_runs, test_runs, full_runs)
+    summary = summarize(runs, full_runs)
     print(format_table(summary))
     for name, row in ablation_rows.items():
         print(f"{name:<20} " + "  ".join(f"{step} {100 * v:.2f}" for step, v in row.items()))

@@ -26,11 +26,15 @@ def test_summary_averages_seeds_and_divides_by_the_better_full_model():
         {"val": 0.4, "val_tta": 0.35, "test": 0.42, "test_tta": 0.36},
         {"val": 0.6, "val_tta": 0.55, "test": 0.62, "test_tta": 0.56},
     ]
-    summary = quality.summarize(val_runs, test_runs, full_runs)
+    train_runs = [{"irnet": 0.36}, {"irnet": 0.46}]
+    runs = {"train": train_runs, "val": val_runs, "test": test_runs}
+    summary = quality.summarize(runs, full_runs)
     assert summary["steps"]["cam"]["val"]["mean"] == pytest.approx(0.25)
     # Sample standard deviation of (0.2, 0.3): sqrt(2 * 0.05**2 / 1).
     assert summary["steps"]["cam"]["val"]["std"] == pytest.approx(0.0707107, rel=1e-5)
     assert "test" not in summary["steps"]["irnet"]
+    assert summary["steps"]["irnet"]["train"]["mean"] == pytest.approx(0.41)
+    assert "train" not in summary["steps"]["cam"]
     assert summary["steps"]["segmentation_tta"]["test"]["mean"] == pytest.approx(0.38)
     assert summary["steps"]["full_tta"]["val"]["mean"] == pytest.approx(0.45)
     assert summary["full_miou"] == pytest.approx(0.5)
