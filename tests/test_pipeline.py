@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import WSSS, free_port, mlflow_server, user_environment
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -35,12 +36,16 @@ from wsss.platform.pipeline import (
     steps_made_from,
     table2,
 )
-from wsss.platform.steps.classification import CamExtractor
+from wsss.platform.steps.classification import CamExtractor, cam_masks, load_classifier
 from wsss.platform.steps.segmentation import SEGMENTER_FILE, Segmenter
 from wsss.platform.store import StepStore
 from wsss.platform.training import EXIT_AFTER_CHECKPOINT_ENV
+from wsss.stages.normalise import to_model_input
 
-STEPS = ("cam", "cam_crf", "irnet", "segmentation", "segmentation_tta")
+STEPS = (
+    "cam", "cam_crf", "irnet", "cam_predicted", "cam_crf_predicted", "irnet_predicted",
+    "segmentation", "segmentation_tta",
+)  # fmt: skip
 
 
 def test_report_has_the_promised_shape_and_ranges(smoke_run):
@@ -131,6 +136,38 @@ def test_train_rows_score_the_pseudo_masks_against_the_train_splits_true_masks(s
     assert 0.0 < train["cam_crf"]["miou"] < 1.0
 
 
+def test_predicted_label_rows_draw_steps_1_and_2_from_the_classes_the_classifier_predicts(
+    smoke_run, smoke_config
+):
+    """On val, an image's predicted CAMs are those of the classes scoring above their saved
+    thresholds, whatever its labels, and the predicted-label CAM and CAM+CRF rows are their
+    masks against the true ones (recomputed here from the files)."""
+    runs_dir, report = smoke_run
+    step1 = runs_dir / "smoke" / "step1"
+    info, rows = load_dataset(next((runs_dir / "datasets").iterdir()))
+    model, class_indices, thresholds = load_classifier(step1 / "classifier.pt")
+    matrices = {name: ConfusionMatrix(len(info.classes)) for name in ("cam", "cam_crf")}
+    differ = 0
+    for row in [r for r in rows if r.split == "val"]:
+        image = read_rgb(info.root / row.image)
+        with torch.no_grad():
+            scores = torch.sigmoid(model(to_model_input(torch.from_numpy(image)[None])))[0]
+        expected = [c for c, s, t in zip(class_indices, scores, thresholds, strict=True) if s > t]
+        with np.load(step1 / "cams" / f"{row.id}.npz") as saved:
+            assert saved["predicted_classes"].tolist() == expected, row.id
+            differ += saved["classes"].tolist() != expected
+        masks = cam_masks(image, row.id, step1 / "cams", smoke_config.step1, "predicted")
+        truth = read_mask(info.root / row.mask)
+        for matrix, mask in zip(matrices.values(), masks, strict=True):
+            matrix.update(mask, truth)
+    assert differ > 0  # the classifier's labels are not the true ones everywhere
+    for name, matrix in matrices.items():
+        drawn = report["steps"][f"{name}_predicted"]["miou"]
+        assert drawn == pytest.approx(matrix.summary(info.classes)["miou"])
+        assert drawn != report["steps"][name]["miou"]
+    assert report["steps"]["irnet_predicted"]["miou"] != report["steps"]["irnet"]["miou"]
+
+
 def test_segmenter_learns_the_pseudo_masks_it_was_trained_on(smoke_run):
     """Step 3 fits its targets: on train images its labels agree with step 2's pseudo masks far
     more often than a uniformly random labelling (1/K of the pixels) would."""
@@ -179,10 +216,10 @@ def test_table2_lists_each_step_in_percent_on_val_and_test(smoke_run):
         )
     text = format_table2(report)
     assert "val mIoU" in text and "test mIoU" in text
-    irnet_row = next(line for line in text.splitlines() if line.startswith("Step 2. IRNet"))
-    assert irnet_row.split()[-2:] == [
-        f"{rows['Step 2. IRNet']['val']:.2f}", f"{rows['Step 2. IRNet']['test']:.2f}",
-    ]  # fmt: skip
+    for title in ("Step 2. IRNet", "Step 2. IRNet, predicted labels"):
+        row = next(line for line in text.splitlines() if line.startswith(f"{title}  "))
+        assert row.split()[-2:] == [f"{rows[title]['val']:.2f}", f"{rows[title]['test']:.2f}"]
+        assert title == "Step 2. IRNet" or "train" not in rows[title]
 
 
 def _parent_and_step_runs(client: MlflowClient, run_id: str, report: dict) -> tuple:
@@ -510,7 +547,10 @@ def test_cam_extraction_on_ray_matches_a_single_process_reference(smoke_run, smo
     for row in sample:
         on_ray = np.load(step1 / "cams" / f"{row.id}.npz")
         local = np.load(reference_dir / f"{row.id}.npz")
-        assert on_ray["classes"].tolist() == local["classes"].tolist()
-        np.testing.assert_allclose(
-            on_ray["cams"].astype(np.float32), local["cams"].astype(np.float32), atol=2e-3
-        )
+        for prefix in ("", "predicted_"):
+            assert on_ray[f"{prefix}classes"].tolist() == local[f"{prefix}classes"].tolist()
+            np.testing.assert_allclose(
+                on_ray[f"{prefix}cams"].astype(np.float32),
+                local[f"{prefix}cams"].astype(np.float32),
+                atol=2e-3,
+            )

@@ -106,6 +106,24 @@ def test_cams_read_back_as_float32_with_their_classes(tmp_path: Path):
     assert classes.tolist() == [3]
 
 
+def test_the_predicted_classes_cams_are_read_apart_from_the_given_ones(tmp_path: Path):
+    path = _saved_cams(tmp_path / "step1-abc", np.full((1, 2, 3), 0.5))
+    saved = dict(np.load(path))
+    predicted = np.stack([np.full((2, 3), 0.25), np.full((2, 3), 1.0)]).astype(np.float16)
+    np.savez(path, **saved, predicted_cams=predicted, predicted_classes=np.array([1, 3], np.int32))
+    cams, classes = read_cams(tmp_path / "step1-abc" / "cams", "img1", "predicted")
+    assert cams.dtype == np.float32 and classes.tolist() == [1, 3]
+    assert (cams[0] == 0.25).all() and (cams[1] == 1.0).all()
+    assert read_cams(tmp_path / "step1-abc" / "cams", "img1")[1].tolist() == [3]
+
+
+def test_a_cam_file_without_the_predicted_classes_cams_is_named(tmp_path: Path):
+    """A train image's file, or one written before predicted CAMs were saved."""
+    path = _saved_cams(tmp_path / "step1-abc", np.zeros((1, 2, 2)))
+    with pytest.raises(CamFileError, match=f"^{re.escape(str(path))} cannot be read .*KeyError"):
+        read_cams(tmp_path / "step1-abc" / "cams", "img1", "predicted")
+
+
 def test_a_cam_file_with_nan_or_infinite_values_is_named_with_its_step_folder(tmp_path: Path):
     for value in (np.nan, np.inf):
         step_dir = tmp_path / f"step1-{value}"

@@ -75,6 +75,9 @@ STEP_NAMES = {
     "cam": "Step 1. Classification (CAM)",
     "cam_crf": "Step 1. Classification + CRF",
     "irnet": "Step 2. IRNet",
+    "cam_predicted": "Step 1. CAM, predicted labels",
+    "cam_crf_predicted": "Step 1. CAM + CRF, predicted labels",
+    "irnet_predicted": "Step 2. IRNet, predicted labels",
     "segmentation": "Step 3. Segmentation",
     "segmentation_tta": "Step 3. Segmentation + TTA",
 }
@@ -279,7 +282,7 @@ def _step2(
     return {
         "history": trained["history"],
         "train_images": trained["train_images"],
-        "metrics": {split: {"irnet": summary} for split, summary in metrics.items()},
+        "metrics": metrics,
     }
 
 
@@ -560,5 +563,11 @@ def format_table2(report: dict[str, Any]) -> str:
         lines.append(
             "train: the pseudo masks step 3 learns from, against the train split's true masks"
         )
+    if "val" in rows[STEP_NAMES["cam_predicted"]]:
+        lines.append(
+            "val, test: steps 1 and 2 get each image's true labels or (predicted labels) the "
+            "classifier's; step 3 none"
+        )
+    elif "train" in splits:
         lines.append("val, test: steps 1 and 2 are given each image's true labels, step 3 none")
     return "\n".join(lines)

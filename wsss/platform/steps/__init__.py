@@ -13,7 +13,7 @@ import signal
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import ray
@@ -123,18 +123,31 @@ def remove_this_node_once() -> None:
     os.kill(os.getppid(), signal.SIGKILL)
 
 
+# Which classes' CAMs of an image a step reads: those step 1 kept from its labels, or (val and
+# test images) those the classifiers predict, as step 3 sees an image.
+CamLabels = Literal["given", "predicted"]
+# The metric name of a row drawn with predicted labels: "<row><PREDICTED_SUFFIX>".
+PREDICTED_SUFFIX = "_predicted"
+
+
 class CamFileError(ValueError):
     """A CAM file of step 1 cannot be used; the message names it and what to do."""
 
 
-def read_cams(cam_dir: Path, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+def read_cams(
+    cam_dir: Path, image_id: str, labels: CamLabels = "given"
+) -> tuple[np.ndarray, np.ndarray]:
     """(CAMs float32 [n, h, w] at the saved stride, dataset class indices [n]) of one image,
-    as step 1 saved them. A file that cannot be read or holds NaN or infinite values raises
-    `CamFileError` naming it, before a CRF or random walk turns it into a meaningless mask."""
+    as step 1 saved them: of the classes it kept from the image's labels (`labels="given"`)
+    or, for a val or test image, of those the classifiers predict (`"predicted"`). A file
+    that cannot be read or holds NaN or infinite values raises `CamFileError` naming it,
+    before a CRF or random walk turns it into a meaningless mask."""
     path = cam_dir / f"{image_id}.npz"
+    prefix = "predicted_" if labels == "predicted" else ""
     try:
         with np.load(path) as saved:
-            cams, classes = saved["cams"].astype(np.float32), saved["classes"]
+            cams = saved[f"{prefix}cams"].astype(np.float32)
+            classes = saved[f"{prefix}classes"]
     except FileNotFoundError:
         raise
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:

@@ -5,8 +5,9 @@ row 1).
 
 Artifacts in the step folder: `classifier.pt` (weights, class list, per-class thresholds),
 `binary_<class>.pt`, `cams/<id>.npz` (float16 CAMs at `cam_stride` for the kept classes,
-their dataset class indices, the classifier's scores), `ir_labels/<id>.png` (train images;
-0 background, class index, 255 unsure) and `summary.json`.
+their dataset class indices, the classifier's top score; for val and test images also those of
+the classes the classifiers predict), `ir_labels/<id>.png` (train images; 0 background, class
+index, 255 unsure) and `summary.json`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from wsss.platform.model_file import load_model_file
 from wsss.platform.steps import (
     IMAGES_COLUMN,
     MASK_SCORED_SPLITS,
+    PREDICTED_SUFFIX,
+    SCORED_SPLITS,
+    CamLabels,
     actor_pool_options,
     inference_device,
     read_cams,
@@ -198,6 +202,10 @@ def load_classifier(
     return model, list(saved["class_indices"]), np.asarray(saved["thresholds"], np.float32)
 
 
+def _class_indices(kept: list[tuple[int, int, int]]) -> np.ndarray:
+    return np.array([class_index for class_index, _, _ in kept], np.int32)
+
+
 class CamExtractor:
     """Ray Data actor: loads the classifier(s) once, writes each image's CAMs to `cams/`.
 
@@ -206,6 +214,10 @@ class CamExtractor:
     class, its CAM is added (`merge_binary_cams`) where that class is labelled or predicted —
     the only way to recover it where its label is missing. With `cam_method: gradcam` each
     kept class's map is Grad-CAM on `gradcam_layer` instead of the multi-scale CAM.
+
+    A val or test image also gets the CAMs of the classes the classifiers predict, labels or
+    not (`predicted_cams`, `predicted_classes`): steps 1 and 2 scored as step 3 is, without
+    the image's labels.
     """
 
     def __init__(
@@ -222,11 +234,12 @@ class CamExtractor:
         self.device = inference_device()
         self.models = [load_classifier(Path(f), self.device) for f in model_files]
 
-    def _one(self, image_id: str, image_path: str, labels: list[str]) -> float:
+    def _one(self, image_id: str, image_path: str, split: str, labels: list[str]) -> float:
         image = read_rgb(self.root / image_path)
         x = to_model_input(torch.from_numpy(image)[None].to(self.device))[0]
         labelled = {self.classes.index(label) for label in labels}
-        kept: list[tuple[int, torch.nn.Module, int]] = []  # (dataset class, model, output)
+        kept: list[tuple[int, int, int]] = []  # (dataset class, model rank, output)
+        predicted_kept: list[tuple[int, int, int]] = []
         top = 0.0
         for rank, (model, class_indices, thresholds) in enumerate(self.models):
             with torch.no_grad():
@@ -237,51 +250,62 @@ class CamExtractor:
             for k, class_index in enumerate(class_indices):
                 predicted = scores[k] > thresholds[k]
                 if (class_index in labelled) or ((not labels or is_binary) and predicted):
-                    kept.append((class_index, model, k))
+                    kept.append((class_index, rank, k))
+                if predicted:
+                    predicted_kept.append((class_index, rank, k))
         cam_size = strided_size(image.shape[:2], self.config.cam_stride)
-        per_model: dict[int, torch.Tensor] = {}
+        cams_of = functools.partial(self._cams, x, cam_size, {})
+        saved = {"cams": cams_of(kept), "classes": _class_indices(kept), "top_score": top}
+        if split in SCORED_SPLITS:
+            saved["predicted_cams"] = cams_of(predicted_kept)
+            saved["predicted_classes"] = _class_indices(predicted_kept)
+        temporary = self.cam_dir / f".{image_id}.tmp.npz"
+        np.savez(temporary, **saved)
+        temporary.replace(self.cam_dir / f"{image_id}.npz")
+        return top
+
+    def _cams(
+        self,
+        x: torch.Tensor,
+        cam_size: tuple[int, int],
+        per_model: dict[int, torch.Tensor],
+        kept: list[tuple[int, int, int]],
+    ) -> np.ndarray:
+        """The normalised float16 CAMs [len(kept), h, w] of the (class, model rank, output)
+        triples in `kept`; `per_model` caches each model's multi-scale CAMs of `x`."""
         maps = []
-        for _, model, k in kept:
+        for _, rank, k in kept:
+            model = self.models[rank][0]
             if self.config.cam_method == "gradcam":
                 cam = grad_cam(model, x, self.config.gradcam_layer, k)
                 cam = F.interpolate(cam[None, None], size=cam_size, mode="bilinear")[0, 0]
             else:
-                if id(model) not in per_model:
-                    per_model[id(model)] = multiscale_cam(
+                if rank not in per_model:
+                    per_model[rank] = multiscale_cam(
                         model,
                         x,
                         self.config.cam_scales,
                         self.config.cam_flip,
                         self.config.cam_stride,
                     )
-                cam = per_model[id(model)][k]
+                cam = per_model[rank][k]
             maps.append(cam.detach())
-        cams = torch.stack(maps) if maps else torch.zeros((0, *cam_size))
-        if maps:
-            cams = normalise_cams(cams, self.config.cam_norm)
-        cams = cams.cpu().numpy()
-        indices = [class_index for class_index, _, _ in kept]
-        temporary = self.cam_dir / f".{image_id}.tmp.npz"
-        np.savez(
-            temporary,
-            cams=cams.astype(np.float16),
-            classes=np.array(indices, np.int32),
-            top_score=top,
-        )
-        temporary.replace(self.cam_dir / f"{image_id}.npz")
-        return top
+        if not maps:
+            return np.zeros((0, *cam_size), np.float16)
+        cams = normalise_cams(torch.stack(maps), self.config.cam_norm)
+        return cams.cpu().numpy().astype(np.float16)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        tops = [
-            self._one(str(i), str(p), list(labels))
-            for i, p, labels in zip(batch["id"], batch["image"], batch["labels"], strict=True)
-        ]
+        rows = zip(batch["id"], batch["image"], batch["split"], batch["labels"], strict=True)
+        tops = [self._one(str(i), str(p), str(s), list(labels)) for i, p, s, labels in rows]
         return {"id": batch["id"], "split": batch["split"], "top_score": np.array(tops, np.float32)}
 
 
-def _cams_at_image_size(cam_dir: Path, image_id: str, height: int, width: int):
+def _cams_at_image_size(
+    cam_dir: Path, image_id: str, height: int, width: int, labels: CamLabels = "given"
+) -> tuple[np.ndarray, np.ndarray]:
     """(CAMs float32 [n, H, W] upsampled from the saved stride, dataset class indices [n])."""
-    cams, classes = read_cams(cam_dir, image_id)
+    cams, classes = read_cams(cam_dir, image_id, labels)
     if cams.shape[0] == 0:
         return np.zeros((0, height, width), np.float32), classes
     up = F.interpolate(
@@ -291,11 +315,16 @@ def _cams_at_image_size(cam_dir: Path, image_id: str, height: int, width: int):
 
 
 def cam_masks(
-    image: np.ndarray, image_id: str, cam_dir: Path, config: ClassificationConfig
+    image: np.ndarray,
+    image_id: str,
+    cam_dir: Path,
+    config: ClassificationConfig,
+    labels: CamLabels = "given",
 ) -> tuple[np.ndarray, np.ndarray]:
     """The CAM mask (background at `cam_eval_thres`) and its dense-CRF refinement, uint8
-    [H, W] of dataset class indices, for one image whose CAMs are in `cam_dir`."""
-    cams, classes = _cams_at_image_size(cam_dir, image_id, *image.shape[:2])
+    [H, W] of dataset class indices, for one image whose CAMs are in `cam_dir` (those of its
+    given or predicted `labels`)."""
+    cams, classes = _cams_at_image_size(cam_dir, image_id, *image.shape[:2], labels)
     predicted = cam_to_mask(cams, classes - 1, config.cam_eval_thres)
     keys = np.concatenate([[0], classes]).astype(np.uint8)
     to_compact = np.zeros(256, np.int64)
@@ -304,6 +333,17 @@ def cam_masks(
 
 
 CAM_METRICS = ("cam", "cam_crf")
+
+
+def cam_columns(mask_splits: list[str]) -> list[str]:
+    """The confusion columns of `refine_and_score` for the splits with true masks: each
+    metric of `CAM_METRICS` per split, and on val and test its predicted-labels twin."""
+    return [
+        f"{name}{suffix}_{split}"
+        for split in mask_splits
+        for suffix in ("", *((PREDICTED_SUFFIX,) if split in SCORED_SPLITS else ()))
+        for name in CAM_METRICS
+    ]
 
 
 def refine_and_score(
@@ -315,13 +355,9 @@ def refine_and_score(
     ir_dir: str,
 ) -> dict[str, np.ndarray]:
     """Dense-CRF task over CAM files: IR labels for train images; for images with a mask, the
-    confusion matrices (flattened, one column per `<metric>_<split>`) of the CAM and CAM+CRF
-    masks against it."""
-    matrices = {
-        f"{name}_{split}": ConfusionMatrix(num_classes)
-        for name in CAM_METRICS
-        for split in MASK_SCORED_SPLITS
-    }
+    confusion matrices (flattened, one column per `cam_columns`) of the CAM and CAM+CRF masks
+    against it, drawn on val and test with the given and with the predicted labels."""
+    matrices = {column: ConfusionMatrix(num_classes) for column in cam_columns(MASK_SCORED_SPLITS)}
     rows = zip(batch["id"], batch["image"], batch["split"], batch["mask"], strict=True)
     for image_id, image_path, split, mask in rows:
         image = read_rgb(Path(root) / str(image_path))
@@ -334,9 +370,13 @@ def refine_and_score(
             write_palette_png(Path(ir_dir) / f"{image_id}.png", labels)
         if split in MASK_SCORED_SPLITS and isinstance(mask, str):
             truth = read_mask(Path(root) / mask)
-            masks = cam_masks(image, str(image_id), Path(cam_dir), config)
-            for name, predicted in zip(CAM_METRICS, masks, strict=True):
-                matrices[f"{name}_{split}"].update(predicted, truth)
+            drawn: dict[str, CamLabels] = {"": "given"}
+            if split in SCORED_SPLITS:
+                drawn[PREDICTED_SUFFIX] = "predicted"
+            for suffix, labels in drawn.items():
+                masks = cam_masks(image, str(image_id), Path(cam_dir), config, labels)
+                for name, predicted in zip(CAM_METRICS, masks, strict=True):
+                    matrices[f"{name}{suffix}_{split}"].update(predicted, truth)
     remove_this_node_once()
     return {
         IMAGES_COLUMN: np.array([len(batch["id"])]),
@@ -364,7 +404,8 @@ def extract_cams(
     labels and CAM metrics (tasks).
 
     Returns {"metrics": {split: {"cam": summary, "cam_crf": summary}}, "train_top_scores":
-    {id: top score}}: the metrics of the scored splits and, where the data set has its true
+    {id: top score}}: the metrics of the scored splits (with `cam_predicted` and
+    `cam_crf_predicted`, drawn with the predicted labels) and, where the data set has its true
     masks, of train; the classifier's highest class score per train image, for step 2's
     confidence filter.
     """
@@ -413,13 +454,19 @@ def extract_cams(
         num_cpus=1,
     )
     mask_splits = scored_splits(wanted, MASK_SCORED_SPLITS)
-    columns = [f"{name}_{split}" for name in CAM_METRICS for split in mask_splits]
     totals = total_confusions(
-        scored, columns, len(info.classes), Progress("[step1] dense CRF", len(wanted))
+        scored,
+        cam_columns(mask_splits),
+        len(info.classes),
+        Progress("[step1] dense CRF", len(wanted)),
     )
     return {
         "metrics": {
-            split: {name: totals[f"{name}_{split}"].summary(info.classes) for name in CAM_METRICS}
+            split: {
+                column.removesuffix(f"_{split}"): matrix.summary(info.classes)
+                for column, matrix in totals.items()
+                if column.endswith(f"_{split}")
+            }
             for split in mask_splits
         },
         "train_top_scores": train_top_scores,

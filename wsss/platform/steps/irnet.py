@@ -5,13 +5,15 @@ Training uses only train images whose classifier confidence exceeds `step2.min_c
 each at every scale of `step2.scales` with the strong augmentation and random crops. Inference
 runs on an actor pool: flip-averaged boundaries, the random walk of each image's CAMs, the
 background threshold, and a palette PNG per image in `pseudo_masks/` (train, val and test);
-the val and test masks are scored against the ground truth.
+the masks are scored against the ground truth (train's where the data set has it), and on val
+and test a second random walk from the CAMs of the predicted classes is scored beside them.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,9 @@ from wsss.platform.model_file import load_model_file
 from wsss.platform.steps import (
     IMAGES_COLUMN,
     MASK_SCORED_SPLITS,
+    PREDICTED_SUFFIX,
+    SCORED_SPLITS,
+    CamLabels,
     actor_pool_options,
     inference_device,
     read_cams,
@@ -45,6 +50,8 @@ from wsss.stages.normalise import to_model_input
 
 IRNET_FILE = "irnet.pt"
 PSEUDO_MASK_DIR = "pseudo_masks"
+# The pseudo masks' metric name (Table 2's step-2 row).
+PSEUDO_MASK_METRIC = "irnet"
 
 
 def _build(
@@ -158,7 +165,8 @@ def train_irnet(
 
 class PseudoMaskWriter:
     """Ray Data actor: loads IRNet once; writes each image's pseudo mask and scores those of
-    the images with a mask (a flattened confusion matrix per split and batch)."""
+    the images with a mask (a flattened confusion matrix per `pseudo_mask_columns` column and
+    batch), on val and test also the mask drawn from the predicted classes' CAMs."""
 
     def __init__(
         self,
@@ -179,36 +187,61 @@ class PseudoMaskWriter:
         self.config, self.num_classes = config, num_classes
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        matrices = {split: ConfusionMatrix(self.num_classes) for split in MASK_SCORED_SPLITS}
+        matrices = {column: ConfusionMatrix(self.num_classes) for column in pseudo_mask_columns()}
         rows = zip(batch["id"], batch["image"], batch["split"], batch["mask"], strict=True)
         for image_id, image_path, split, mask in rows:
             image = read_rgb(self.root / str(image_path))
-            cams, classes = read_cams(self.cam_dir, image_id)
             with torch.no_grad():
                 boundary = infer_boundary(
                     self.model, to_model_input(torch.from_numpy(image)[None].to(self.device))[0]
                 )
-            cams = torch.from_numpy(cams).to(self.device)
-            if cams.shape[-2:] != boundary.shape and len(cams):
-                # CAMs saved at another stride than IRNet's 4 are resampled to its grid.
-                cams = F.interpolate(cams[None], size=boundary.shape, mode="bilinear")[0]
-            pseudo = propagate_to_mask(
-                cams,
-                classes.tolist(),
-                boundary,
-                image.shape[:2],
-                bg_threshold=self.config.sem_seg_bg_thres,
-                radius=self.config.radius_infer,
-                beta=self.config.beta,
-                exp_times=self.config.exp_times,
-            )
+            pseudo = self._walk(str(image_id), "given", boundary, image.shape[:2])
             write_palette_png(self.out_dir / f"{image_id}.png", pseudo)
-            if split in matrices and isinstance(mask, str):
-                matrices[split].update(pseudo, read_mask(self.root / mask))
+            if split not in MASK_SCORED_SPLITS or not isinstance(mask, str):
+                continue
+            truth = read_mask(self.root / mask)
+            matrices[f"{PSEUDO_MASK_METRIC}_{split}"].update(pseudo, truth)
+            if split in SCORED_SPLITS:
+                pseudo = self._walk(str(image_id), "predicted", boundary, image.shape[:2])
+                matrices[f"{PSEUDO_MASK_METRIC}{PREDICTED_SUFFIX}_{split}"].update(pseudo, truth)
         return {
             IMAGES_COLUMN: np.array([len(batch["id"])]),
-            **{split: matrix.counts.reshape(1, -1) for split, matrix in matrices.items()},
+            **{column: matrix.counts.reshape(1, -1) for column, matrix in matrices.items()},
         }
+
+    def _walk(
+        self,
+        image_id: str,
+        labels: CamLabels,
+        boundary: torch.Tensor,
+        image_size: tuple[int, int],
+    ) -> np.ndarray:
+        """The pseudo mask of the random walk from the image's CAMs of its `labels`."""
+        cams, classes = read_cams(self.cam_dir, image_id, labels)
+        cams = torch.from_numpy(cams).to(self.device)
+        if cams.shape[-2:] != boundary.shape and len(cams):
+            # CAMs saved at another stride than IRNet's 4 are resampled to its grid.
+            cams = F.interpolate(cams[None], size=boundary.shape, mode="bilinear")[0]
+        return propagate_to_mask(
+            cams,
+            classes.tolist(),
+            boundary,
+            image_size,
+            bg_threshold=self.config.sem_seg_bg_thres,
+            radius=self.config.radius_infer,
+            beta=self.config.beta,
+            exp_times=self.config.exp_times,
+        )
+
+
+def pseudo_mask_columns(splits: Sequence[str] = MASK_SCORED_SPLITS) -> list[str]:
+    """The confusion columns of `PseudoMaskWriter` for `splits`: the pseudo masks' metric per
+    split, and on val and test its predicted-labels twin."""
+    return [
+        f"{PSEUDO_MASK_METRIC}{suffix}_{split}"
+        for split in splits
+        for suffix in ("", *((PREDICTED_SUFFIX,) if split in SCORED_SPLITS else ()))
+    ]
 
 
 def make_pseudo_masks(
@@ -220,8 +253,9 @@ def make_pseudo_masks(
     step_dir: Path,
 ) -> dict[str, Any]:
     """Pseudo masks for every image with CAMs (train and the scored splits), from the IRNet in
-    `model_file`; returns {split: metrics} of the scored splits' masks and, where the data set
-    has its true masks, of train's."""
+    `model_file`; returns {split: {"irnet": metrics}} of the scored splits' masks (with
+    "irnet_predicted", drawn from the predicted classes) and, where the data set has its true
+    masks, of train's."""
     require_inputs(
         "step 2's pseudo masks", {"the trained IRNet": model_file, "step 1's CAMs": cam_dir}
     )
@@ -249,8 +283,17 @@ def make_pseudo_masks(
         **actor_pool_options(config.ray),
     )
     progress = Progress("[step2] pseudo masks", len(wanted))
-    totals = total_confusions(confusions, mask_splits, len(info.classes), progress)
-    return {split: dict(totals[split].summary(info.classes)) for split in mask_splits}
+    totals = total_confusions(
+        confusions, pseudo_mask_columns(mask_splits), len(info.classes), progress
+    )
+    return {
+        split: {
+            column.removesuffix(f"_{split}"): matrix.summary(info.classes)
+            for column, matrix in totals.items()
+            if column.endswith(f"_{split}")
+        }
+        for split in mask_splits
+    }
 
 
 def confident_ids(top_scores: dict[str, float], min_confidence: float) -> list[str]:
