@@ -11,6 +11,7 @@ import torch
 
 from wsss.platform.config import ConfigError, RayConfig
 from wsss.platform.datasets.manifest import ManifestRow
+from wsss.platform.metrics import ConfusionMatrix
 from wsss.platform.steps import (
     CamFileError,
     StepInputError,
@@ -18,7 +19,9 @@ from wsss.platform.steps import (
     read_cams,
     require_inputs,
     require_split_sizes,
+    scored_columns,
     scored_splits,
+    summaries_by_split,
 )
 
 
@@ -65,6 +68,25 @@ def test_only_splits_with_masks_are_scored():
     assert scored_splits(rows) == ["val"]
     rows.append(ManifestRow("d", "d.jpg", "test", ("cat",), "d.png"))
     assert scored_splits(rows) == ["val", "test"]
+
+
+def test_train_is_scored_with_the_given_labels_val_and_test_also_with_the_predicted():
+    columns = scored_columns(["cam", "cam_crf"], ["train", "val"])
+    assert columns == [
+        "cam_train", "cam_crf_train",
+        "cam_val", "cam_crf_val", "cam_predicted_val", "cam_crf_predicted_val",
+    ]  # fmt: skip
+    totals = {column: ConfusionMatrix(2) for column in columns}
+    # One image of 2 pixels, background and class 1, where the predicted CAM draws only class 1.
+    for column, matrix in totals.items():
+        drawn = np.array([1, 1]) if "predicted" in column else np.array([0, 1])
+        matrix.update(drawn, np.array([0, 1]))
+    summaries = summaries_by_split(totals, ["train", "val"], ["background", "dog"])
+    assert list(summaries) == ["train", "val"]
+    assert list(summaries["train"]) == ["cam", "cam_crf"]
+    assert summaries["val"]["cam"]["miou"] == 1.0
+    # IoU background 0/1, dog 1/2.
+    assert summaries["val"]["cam_crf_predicted"]["miou"] == pytest.approx(0.25)
 
 
 def test_models_run_on_one_single_threaded_actor_per_configured_cpu():

@@ -162,6 +162,32 @@ def read_cams(
     )
 
 
+def scored_columns(names: Sequence[str], splits: Sequence[str]) -> list[str]:
+    """The confusion columns of a scoring pass over `splits` (those with true masks):
+    `<name>_<split>` for each metric of `names`, and on val and test its twin drawn with
+    predicted labels, `<name>_predicted_<split>`."""
+    return [
+        f"{name}{suffix}_{split}"
+        for split in splits
+        for suffix in ("", *((PREDICTED_SUFFIX,) if split in SCORED_SPLITS else ()))
+        for name in names
+    ]
+
+
+def summaries_by_split(
+    totals: Mapping[str, ConfusionMatrix], splits: Sequence[str], classes: list[str]
+) -> dict[str, dict[str, Any]]:
+    """{split: {metric: summary}} of the `scored_columns` confusion matrices in `totals`."""
+    return {
+        split: {
+            column.removesuffix(f"_{split}"): matrix.summary(classes)
+            for column, matrix in totals.items()
+            if column.endswith(f"_{split}")
+        }
+        for split in splits
+    }
+
+
 def total_confusions(
     dataset: ray.data.Dataset,
     columns: list[str],

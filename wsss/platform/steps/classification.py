@@ -42,7 +42,9 @@ from wsss.platform.steps import (
     read_cams,
     remove_this_node_once,
     require_inputs,
+    scored_columns,
     scored_splits,
+    summaries_by_split,
     total_confusions,
 )
 from wsss.platform.training import EpochData, TrainOutput, TrainTask, fit
@@ -335,17 +337,6 @@ def cam_masks(
 CAM_METRICS = ("cam", "cam_crf")
 
 
-def cam_columns(mask_splits: list[str]) -> list[str]:
-    """The confusion columns of `refine_and_score` for the splits with true masks: each
-    metric of `CAM_METRICS` per split, and on val and test its predicted-labels twin."""
-    return [
-        f"{name}{suffix}_{split}"
-        for split in mask_splits
-        for suffix in ("", *((PREDICTED_SUFFIX,) if split in SCORED_SPLITS else ()))
-        for name in CAM_METRICS
-    ]
-
-
 def refine_and_score(
     batch: dict[str, np.ndarray],
     root: str,
@@ -355,9 +346,10 @@ def refine_and_score(
     ir_dir: str,
 ) -> dict[str, np.ndarray]:
     """Dense-CRF task over CAM files: IR labels for train images; for images with a mask, the
-    confusion matrices (flattened, one column per `cam_columns`) of the CAM and CAM+CRF masks
-    against it, drawn on val and test with the given and with the predicted labels."""
-    matrices = {column: ConfusionMatrix(num_classes) for column in cam_columns(MASK_SCORED_SPLITS)}
+    confusion matrices (flattened, one column per `scored_columns`) of the CAM and CAM+CRF
+    masks against it, drawn on val and test with the given and with the predicted labels."""
+    columns = scored_columns(CAM_METRICS, MASK_SCORED_SPLITS)
+    matrices = {column: ConfusionMatrix(num_classes) for column in columns}
     rows = zip(batch["id"], batch["image"], batch["split"], batch["mask"], strict=True)
     for image_id, image_path, split, mask in rows:
         image = read_rgb(Path(root) / str(image_path))
@@ -456,18 +448,11 @@ def extract_cams(
     mask_splits = scored_splits(wanted, MASK_SCORED_SPLITS)
     totals = total_confusions(
         scored,
-        cam_columns(mask_splits),
+        scored_columns(CAM_METRICS, mask_splits),
         len(info.classes),
         Progress("[step1] dense CRF", len(wanted)),
     )
     return {
-        "metrics": {
-            split: {
-                column.removesuffix(f"_{split}"): matrix.summary(info.classes)
-                for column, matrix in totals.items()
-                if column.endswith(f"_{split}")
-            }
-            for split in mask_splits
-        },
+        "metrics": summaries_by_split(totals, mask_splits, info.classes),
         "train_top_scores": train_top_scores,
     }

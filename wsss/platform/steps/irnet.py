@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,9 @@ from wsss.platform.steps import (
     inference_device,
     read_cams,
     require_inputs,
+    scored_columns,
     scored_splits,
+    summaries_by_split,
     total_confusions,
 )
 from wsss.platform.steps.classification import CLASSIFIER_FILE
@@ -52,6 +53,7 @@ IRNET_FILE = "irnet.pt"
 PSEUDO_MASK_DIR = "pseudo_masks"
 # The pseudo masks' metric name (Table 2's step-2 row).
 PSEUDO_MASK_METRIC = "irnet"
+PSEUDO_MASK_COLUMNS = scored_columns([PSEUDO_MASK_METRIC], MASK_SCORED_SPLITS)
 
 
 def _build(
@@ -165,7 +167,7 @@ def train_irnet(
 
 class PseudoMaskWriter:
     """Ray Data actor: loads IRNet once; writes each image's pseudo mask and scores those of
-    the images with a mask (a flattened confusion matrix per `pseudo_mask_columns` column and
+    the images with a mask (a flattened confusion matrix per `scored_columns` column and
     batch), on val and test also the mask drawn from the predicted classes' CAMs."""
 
     def __init__(
@@ -187,7 +189,7 @@ class PseudoMaskWriter:
         self.config, self.num_classes = config, num_classes
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        matrices = {column: ConfusionMatrix(self.num_classes) for column in pseudo_mask_columns()}
+        matrices = {column: ConfusionMatrix(self.num_classes) for column in PSEUDO_MASK_COLUMNS}
         rows = zip(batch["id"], batch["image"], batch["split"], batch["mask"], strict=True)
         for image_id, image_path, split, mask in rows:
             image = read_rgb(self.root / str(image_path))
@@ -234,16 +236,6 @@ class PseudoMaskWriter:
         )
 
 
-def pseudo_mask_columns(splits: Sequence[str] = MASK_SCORED_SPLITS) -> list[str]:
-    """The confusion columns of `PseudoMaskWriter` for `splits`: the pseudo masks' metric per
-    split, and on val and test its predicted-labels twin."""
-    return [
-        f"{PSEUDO_MASK_METRIC}{suffix}_{split}"
-        for split in splits
-        for suffix in ("", *((PREDICTED_SUFFIX,) if split in SCORED_SPLITS else ()))
-    ]
-
-
 def make_pseudo_masks(
     config: WsssConfig,
     info: DatasetInfo,
@@ -283,17 +275,9 @@ def make_pseudo_masks(
         **actor_pool_options(config.ray),
     )
     progress = Progress("[step2] pseudo masks", len(wanted))
-    totals = total_confusions(
-        confusions, pseudo_mask_columns(mask_splits), len(info.classes), progress
-    )
-    return {
-        split: {
-            column.removesuffix(f"_{split}"): matrix.summary(info.classes)
-            for column, matrix in totals.items()
-            if column.endswith(f"_{split}")
-        }
-        for split in mask_splits
-    }
+    columns = scored_columns([PSEUDO_MASK_METRIC], mask_splits)
+    totals = total_confusions(confusions, columns, len(info.classes), progress)
+    return summaries_by_split(totals, mask_splits, info.classes)
 
 
 def confident_ids(top_scores: dict[str, float], min_confidence: float) -> list[str]:
