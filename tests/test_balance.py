@@ -9,6 +9,7 @@ from wsss.platform.data.balance import (
     binary_task_rows,
     class_histogram,
     remove_classes,
+    repeat_to_size,
 )
 from wsss.platform.datasets.manifest import ManifestRow
 
@@ -141,3 +142,20 @@ def test_balance_report_lists_before_and_after_per_class() -> None:
         ["bird", "2", "2"],
     ]
     assert lines[4].split()[:2] == ["images", "8"]
+
+
+def test_repeat_to_size_repeats_whole_then_samples_each_row_at_most_once() -> None:
+    rows = [_row("a", "cat"), _row("b", "dog"), _row("c", "cat", "dog")]
+    repeated = repeat_to_size(rows, 8, seed=0)
+    # 8 = 2 whole copies (6 rows) + 2 of the 3 rows drawn without replacement
+    assert len(repeated) == 8
+    assert repeated[:6] == rows * 2
+    assert len({row.id for row in repeated[6:]}) == 2
+    assert repeated == repeat_to_size(rows, 8, seed=0)
+
+
+def test_repeat_to_size_leaves_a_long_enough_or_empty_set_alone() -> None:
+    rows = [_row("a", "cat"), _row("b", "dog")]
+    assert repeat_to_size(rows, 2, seed=0) == rows
+    assert repeat_to_size(rows, 1, seed=0) == rows
+    assert repeat_to_size([], 5, seed=0) == []

@@ -113,6 +113,10 @@ class DataConfig(StrictModel):
     )
     image_size: int = Field(320, ge=32, le=2048, description="training crop side, pixels")
     balance: Literal["none", "downsample", "upsample", "both"] = "downsample"
+    # "balanced": step 1's epoch shows the balanced rows once (the paper's); "train_size": they
+    # are repeated to the train split's size, so that the steps an epoch takes follow the data
+    # set, not how much of it balancing keeps (little when classes are many and long-tailed).
+    balanced_epoch: Literal["balanced", "train_size"] = "balanced"
     synthetic: SyntheticConfig = SyntheticConfig()
     augmentation: AugmentationConfig = AugmentationConfig()
 

@@ -131,6 +131,20 @@ def balance(rows: Sequence[ManifestRow], mode: BalanceMode, seed: int) -> list[M
     raise ValueError(f"unknown balance mode {mode!r}; allowed: none, downsample, upsample, both")
 
 
+def repeat_to_size(rows: Sequence[ManifestRow], size: int, seed: int) -> list[ManifestRow]:
+    """`rows` repeated whole as often as `size` allows, then a seeded sample of them (each row
+    at most once) up to `size` rows; `rows` unchanged when already that long or empty.
+
+    A balanced set shown this way each epoch keeps its class shares while the number of
+    training steps follows the size of the data set rather than what balancing kept of it.
+    """
+    if not rows or len(rows) >= size:
+        return list(rows)
+    whole, rest = divmod(size, len(rows))
+    sample = np.random.default_rng(seed).choice(len(rows), size=rest, replace=False)
+    return [*rows * whole, *(rows[i] for i in sorted(sample))]
+
+
 def balance_report(before: Sequence[ManifestRow], after: Sequence[ManifestRow]) -> str:
     """A text table: images per class before and after, most frequent class (before) first."""
     histogram_before = class_histogram(before)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from wsss.platform.config import ClassificationConfig, WsssConfig
 from wsss.platform.console import Progress
 from wsss.platform.crf import refine_labels
-from wsss.platform.data.balance import balance, binary_task_rows, remove_classes
+from wsss.platform.data.balance import balance, binary_task_rows, remove_classes, repeat_to_size
 from wsss.platform.data.pipeline import rows_dataset, training_dataset
 from wsss.platform.datasets.images import read_mask, read_rgb, write_palette_png
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow, with_oracle_masks
@@ -135,9 +135,12 @@ def train_classifier(
     val_rows = [r for r in rows if r.split == "val"]
     if binary_class is None:
         names = [c for c in info.object_classes if c not in step1.exclude_classes]
-        train_rows = balance(
+        balanced = balance(
             remove_classes(train_rows, step1.exclude_classes), config.data.balance, config.seed
         )
+        if config.data.balanced_epoch == "train_size":
+            balanced = repeat_to_size(balanced, len(train_rows), config.seed)
+        train_rows = balanced
         val_rows = remove_classes(val_rows, step1.exclude_classes)
     else:
         names = [binary_class]
