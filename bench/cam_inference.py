@@ -45,11 +45,11 @@ import ray.data
 import torch
 
 from wsss.platform.config import WsssConfig, load_config
-from wsss.platform.data.pipeline import rows_dataset
 from wsss.platform.datasets.manifest import DATASET_FILE, DatasetInfo, ManifestRow, load_dataset
-from wsss.platform.datasets.synthetic import build_synthetic_dataset
+from wsss.platform.datasets.synthetic.writing import build_synthetic_dataset
+from wsss.platform.loaders.batches import rows_dataset
 from wsss.platform.ray_cluster import ray_session
-from wsss.platform.steps.classification import CamExtractor
+from wsss.platform.runners.cams import CamExtractor
 from wsss.stages.classification.backbones import create_classifier
 
 PRESET = "demo"

@@ -1,7 +1,8 @@
 """Dense CRF throughput: a plain pydensecrf loop against the Ray Data stage on 1 and 2 CPUs.
 
-Scenes come from the built-in synthetic dataset (`wsss.platform.datasets.synthetic.draw_image`,
-20 object classes + background = 21 labels). Each scene's unary is CAM-like: its ground-truth
+Scenes come from the built-in synthetic dataset
+(`wsss.platform.datasets.synthetic.drawing.draw_image`, 20 object classes + background = 21
+labels). Each scene's unary is CAM-like: its ground-truth
 mask sampled every `BLOCK` pixels (background where the mask is void), some blocks switched to
 another class of the scene, blown back up to full size as blocks, then per-pixel Gaussian noise
 on the logits and a softmax.
@@ -48,9 +49,11 @@ import ray
 import ray.data
 
 from wsss.platform.config import CRFConfig, SyntheticConfig
-from wsss.platform.crf import refine_dataset, refine_probabilities
-from wsss.platform.datasets.images import IGNORE_INDEX
-from wsss.platform.datasets.synthetic import design_classes, draw_image
+from wsss.platform.crf import refine_dataset
+from wsss.platform.datasets.synthetic.design import design_classes
+from wsss.platform.datasets.synthetic.drawing import draw_image
+from wsss.stages.classification.crf import refine_probabilities
+from wsss.stages.labels import IGNORE_INDEX
 
 NUM_OBJECT_CLASSES = 20  # + background = 21 labels, as PASCAL VOC
 BLOCK = 16  # CAMs come out at stride 16 and are blown back up: blocky

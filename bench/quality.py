@@ -42,9 +42,11 @@ from typing import Any
 from wsss.platform.config import ConfigError, WsssConfig, load_config
 from wsss.platform.console import show_on_console
 from wsss.platform.datasets.manifest import ORACLE_MASK_DIR, load_dataset
-from wsss.platform.pipeline import STEP_NAMES, prepare_dataset, run_pipeline
 from wsss.platform.ray_cluster import ray_session
-from wsss.platform.steps import classification, segmentation
+from wsss.platform.report import STEP_NAMES
+from wsss.platform.run import prepare_dataset, run_pipeline
+from wsss.platform.runners import segmentation
+from wsss.platform.runners.outputs import Step1Output, Step3Output
 from wsss.platform.store import StepStore
 
 ABLATIONS: dict[str, list[str]] = {
@@ -94,14 +96,15 @@ def full_supervision(config: WsssConfig, runs_dir: Path) -> dict[str, float]:
         "step3": config.step3.model_dump(mode="json", exclude={"tta"}),
         "masks": str(ORACLE_MASK_DIR),
     }
-    classifier = runs_dir / config.name / "step1" / classification.CLASSIFIER_FILE
+    # Only the classifier is read (step3.encoder_from), not the confident images.
+    step1 = Step1Output(runs_dir / config.name / "step1", train_top_scores={})
     step_dir, _ = StepStore(runs_dir / "cache").run(
         "full",
         made_from,
-        lambda folder: segmentation.train_segmenter(config, info, rows, oracle, classifier, folder),
+        lambda folder: segmentation.train_segmenter(config, info, rows, oracle, step1, folder),
     )
     variants = {"": None, "_tta": config.step3.tta}
-    scores = segmentation.evaluate_segmenter(config, info, rows, step_dir, variants)
+    scores = segmentation.evaluate_segmenter(config, info, rows, Step3Output(step_dir), variants)
     return {
         f"{split}{suffix}": metrics[suffix]["miou"]
         for split, metrics in scores.items()

@@ -36,8 +36,9 @@ from quality import full_supervision
 
 from wsss.platform.config import ConfigError, WsssConfig, load_config
 from wsss.platform.console import show_on_console
-from wsss.platform.pipeline import run_pipeline, table2
 from wsss.platform.ray_cluster import ray_session
+from wsss.platform.report import table2
+from wsss.platform.run import run_pipeline
 
 SETTINGS: dict[str, list[str]] = {
     "preset": [],

@@ -50,9 +50,9 @@ import ray.data
 import psutil  # isort: skip
 
 from wsss.platform.config import AugmentationConfig, SyntheticConfig, load_config
-from wsss.platform.data.pipeline import decoded_dataset
 from wsss.platform.datasets.manifest import DATASET_FILE, load_dataset
-from wsss.platform.datasets.synthetic import build_synthetic_dataset
+from wsss.platform.datasets.synthetic.writing import build_synthetic_dataset
+from wsss.platform.loaders.batches import decoded_dataset
 from wsss.platform.ray_cluster import ray_session
 
 PRESET = "demo"

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from wsss.platform.config import load_config
 from wsss.platform.console import show_on_console
-from wsss.platform.pipeline import run_pipeline
 from wsss.platform.ray_cluster import ray_session
+from wsss.platform.run import run_pipeline
 from wsss.platform.sweep import plan_sweep, run_sweep
 
 # Builds of `table3` when every step is shared where its settings allow (item 4 of the issue).

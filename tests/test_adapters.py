@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from wsss.cli import main
-from wsss.platform.datasets.adapters import VOC_CLASSES, import_dataset
+from wsss.platform.datasets.adapters import import_dataset
+from wsss.platform.datasets.adapters.voc import VOC_CLASSES
 from wsss.platform.datasets.images import write_palette_png
 from wsss.platform.datasets.manifest import DatasetError, load_dataset, read_rejects
 
@@ -251,5 +252,5 @@ def test_mask_values_outside_the_class_list_are_rejected(tmp_path: Path):
 
 
 def test_unknown_format_lists_the_valid_ones(tmp_path: Path):
-    with pytest.raises(DatasetError, match=r"valid formats: .*folder"):
+    with pytest.raises(DatasetError, match=r"available: .*folder"):
         import_dataset("coco", tmp_path, tmp_path / "ds")

@@ -7,8 +7,8 @@ import pytest
 
 import wsss  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations is imported)
 from wsss.platform.config import AugmentationConfig
-from wsss.platform.data.augment import strong_augmentation, weak_augmentation
-from wsss.platform.datasets.images import IGNORE_INDEX
+from wsss.platform.loaders.augment import strong_augmentation, weak_augmentation
+from wsss.stages.labels import IGNORE_INDEX
 
 PHOTOMETRIC_OFF = {
     "gauss_noise_p": 0.0,

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from wsss.platform.data.balance import (
+from wsss.platform.datasets.manifest import ManifestRow
+from wsss.platform.loaders.balance import (
     balance,
     balance_report,
     binary_task_rows,
@@ -11,7 +12,6 @@ from wsss.platform.data.balance import (
     remove_classes,
     repeat_to_size,
 )
-from wsss.platform.datasets.manifest import ManifestRow
 
 
 def _row(row_id: str, *labels: str) -> ManifestRow:

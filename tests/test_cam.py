@@ -8,14 +8,15 @@ from torch import nn
 
 from wsss.stages.classification.backbones import CamClassifier
 from wsss.stages.classification.cam import (
+    cam_masks,
     cam_to_mask,
     confident_labels,
     grad_cam,
     ir_labels,
-    keep_classes,
     multiscale_cam,
     normalise_cams,
     strided_size,
+    upsample_cams,
 )
 
 
@@ -129,12 +130,27 @@ def test_unknown_normalisation_mode_fails():
         normalise_cams(CAMS, "max")
 
 
-def test_keep_classes_selects_in_the_given_order():
-    cams = torch.arange(3.0).view(3, 1, 1).expand(3, 2, 2)
-    assert keep_classes(cams, [2, 0])[:, 0, 0].tolist() == [2.0, 0.0]
-    assert keep_classes(cams, []).shape == (0, 2, 2)
-    with pytest.raises(ValueError, match="class_indices"):
-        keep_classes(cams, [3])
+def test_cam_masks_give_class_labels_and_hand_the_refiner_compact_ones():
+    # Pixel 0: background 0.15 < class 3's 0.9 -> label 4; pixel 1: class 0's 0.5 -> label 1.
+    cams = np.array([[[0.9, 0.1]], [[0.2, 0.5]]], np.float32)
+    seen = []
+
+    def swap_the_two_classes(compact: np.ndarray, n_labels: int) -> np.ndarray:
+        seen.append((compact.tolist(), n_labels))
+        return np.array([0, 2, 1])[compact]
+
+    mask, refined = cam_masks(cams, [3, 0], 0.15, swap_the_two_classes)
+    assert mask.tolist() == [[4, 1]]
+    assert refined.tolist() == [[1, 4]]
+    assert seen == [([[1, 2]], 3)]
+
+
+def test_upsample_cams_is_bilinear_without_aligned_corners():
+    # Output x of a 2 -> 4 resize samples input (x + 0.5) / 2 - 0.5: -0.25, 0.25, 0.75, 1.25,
+    # clamped at the edges.
+    up = upsample_cams(np.array([[[0.0, 1.0]]], np.float32), (1, 4))
+    np.testing.assert_allclose(up, [[[0.0, 0.25, 0.75, 1.0]]])
+    assert upsample_cams(np.zeros((0, 1, 2), np.float32), (3, 4)).shape == (0, 3, 4)
 
 
 def test_grad_cam_of_the_last_features_is_cam_over_area():

@@ -106,6 +106,29 @@ def test_initial_weights_from_step1_need_the_same_backbone(section, key):
         )
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "step1.backbone=resnet5",
+            r"step1\.backbone: unknown backbone 'resnet5'; available: .*resnet50",
+        ),
+        (
+            "step2.backbone=vgg16",
+            r"step2\.backbone: unknown IRNet backbone 'vgg16'; available: resnet50",
+        ),
+        (
+            "step3.encoder=resnet5",
+            r"step3\.encoder: unknown encoder 'resnet5'; valid names include resnet50",
+        ),
+    ],
+    ids=["classifier", "irnet", "deeplab"],
+)
+def test_a_misspelt_network_is_refused_with_the_names_there_are(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("smoke", overrides=[override])
+
+
 def test_every_error_is_reported_at_once():
     with pytest.raises(ConfigError) as error:
         load_config("smoke", overrides=["step2.beta=-1", "ray.num_cpus=0", "tta=1"])

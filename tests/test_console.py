@@ -147,7 +147,7 @@ def test_a_long_message_is_cut_to_one_line():
 def test_the_console_shows_wsss_lines_and_the_log_gets_everything(tmp_path, capfd):
     log_file = tmp_path / "run" / "run.log"
     screen = io.StringIO()
-    logger = logging.getLogger("wsss.platform.pipeline")
+    logger = logging.getLogger("wsss.platform.run")
     with capture_console(log_file, console=screen):
         os.write(2, b"E core_worker.cc:2465: native noise\n")
         print("python noise")
@@ -174,7 +174,7 @@ def test_a_log_that_cannot_be_written_is_said_once_and_the_console_goes_on():
     with capture_console(Path("/dev/full"), console=screen):
         print("x" * 100_000)  # more than the log's buffer holds: the write reaches the device
         traceback.print_stack()
-        logging.getLogger("wsss.platform.pipeline").error("step 1 failed")
+        logging.getLogger("wsss.platform.run").error("step 1 failed")
     shown = screen.getvalue()
     assert shown.count("the log /dev/full cannot be written") == 1
     assert "No space left on device" in shown

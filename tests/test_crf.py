@@ -11,8 +11,9 @@ import ray.data
 from pydensecrf.utils import unary_from_labels, unary_from_softmax
 
 from wsss.platform.config import CRFConfig
-from wsss.platform.crf import refine_batch, refine_dataset, refine_labels, refine_probabilities
+from wsss.platform.crf import refine_batch, refine_dataset
 from wsss.platform.metrics import ConfusionMatrix
+from wsss.stages.classification.crf import refine_labels, refine_probabilities
 
 SIZE = 48
 LEFT_COLOUR = np.array([200, 60, 40])

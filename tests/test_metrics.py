@@ -140,25 +140,3 @@ def test_agrees_with_scikit_learn() -> None:
     assert matrix.miou() == pytest.approx(jaccard_score(target, pred, average="macro"))
     assert matrix.mean_accuracy() == pytest.approx(balanced_accuracy_score(target, pred))
     assert matrix.pixel_accuracy() == pytest.approx(accuracy_score(target, pred))
-
-
-def test_merge_equals_single_accumulation() -> None:
-    pairs = random_label_maps(seed=1, num_classes=4, count=6)
-    single = ConfusionMatrix(4)
-    for pred, target in pairs:
-        single.update(pred, target)
-
-    workers = [ConfusionMatrix(4) for _ in range(3)]
-    for index, (pred, target) in enumerate(pairs):
-        workers[index % 3].update(pred, target)
-    first_counts = workers[0].counts.copy()
-
-    merged = workers[0].merge(workers[1]).merge(workers[2])
-    np.testing.assert_array_equal(merged.counts, single.counts)
-    np.testing.assert_array_equal((workers[0] + workers[1] + workers[2]).counts, single.counts)
-    np.testing.assert_array_equal(workers[0].counts, first_counts)
-
-
-def test_merge_rejects_different_class_count() -> None:
-    with pytest.raises(ValueError, match="cannot merge"):
-        ConfusionMatrix(3).merge(ConfusionMatrix(4))

@@ -19,7 +19,7 @@ from ray._common.utils import get_ray_address_file
 
 from wsss.platform.datasets.manifest import load_dataset
 from wsss.platform.local_cluster import LocalCluster, NodeSpec, cluster_status
-from wsss.platform.steps import REMOVE_NODE_ENV
+from wsss.platform.runners import REMOVE_NODE_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).parent / "ray"

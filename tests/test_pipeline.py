@@ -21,23 +21,17 @@ from conftest import WSSS, free_port, mlflow_server, user_environment
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from wsss.platform import pipeline
+from wsss.platform import run as run_module
 from wsss.platform.datasets.images import read_mask, read_rgb
 from wsss.platform.datasets.manifest import ORACLE_MASK_DIR, load_dataset
-from wsss.platform.datasets.synthetic import AWKWARD_KINDS, EXIF_ORIENTATION, awkward_kind
+from wsss.platform.datasets.synthetic.writing import AWKWARD_KINDS, EXIF_ORIENTATION, awkward_kind
 from wsss.platform.metrics import ConfusionMatrix
-from wsss.platform.pipeline import (
-    REPORT_FILE,
-    _data_key,
-    _step1,
-    format_table2,
-    log_step,
-    run_pipeline,
-    steps_made_from,
-    table2,
-)
-from wsss.platform.steps.classification import CamExtractor, cam_masks, load_classifier
-from wsss.platform.steps.segmentation import SEGMENTER_FILE, Segmenter
+from wsss.platform.report import REPORT_FILE, format_table2, log_step, table2
+from wsss.platform.run import _data_key, _step1, run_pipeline, steps_made_from
+from wsss.platform.runners.cams import CamExtractor, cam_masks
+from wsss.platform.runners.classifier import load_classifier
+from wsss.platform.runners.outputs import SEGMENTER_FILE
+from wsss.platform.runners.segmentation import Segmenter
 from wsss.platform.store import StepStore
 from wsss.platform.training import EXIT_AFTER_CHECKPOINT_ENV
 from wsss.stages.normalise import to_model_input
@@ -276,7 +270,7 @@ def test_a_tracking_server_that_goes_away_mid_run_loses_nothing(
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
 
-        monkeypatch.setattr(pipeline, "log_step", log_step_then_stop_the_server)
+        monkeypatch.setattr(run_module, "log_step", log_step_then_stop_the_server)
         with caplog.at_level(logging.WARNING, logger="wsss"):
             report = run_pipeline(config, runs_dir)
     said = [r.getMessage() for r in caplog.records if "is unavailable" in r.getMessage()]

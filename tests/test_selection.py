@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from wsss.stages.classification.selection import (
+    CamSource,
     best_thresholds,
+    cam_classes,
     confident_images,
-    confident_share,
     f1_scores,
     macro_f1,
 )
@@ -76,13 +77,20 @@ def test_default_candidates_are_the_19_step_grid():
     assert np.all(np.isclose(thresholds[:, None], np.linspace(0.05, 0.95, 19)).any(axis=1))
 
 
-def test_confident_share_counts_top_scores_strictly_above_the_threshold():
-    scores = np.array([[0.81, 0.1], [0.8, 0.2], [0.3, 0.9], [0.5, 0.5]])
-    np.testing.assert_array_equal(confident_images(scores), [True, False, True, False])
-    assert confident_share(scores) == 0.5
-    assert confident_share(scores, threshold=0.85) == 0.25
+def test_cam_classes_keep_labels_and_what_a_binary_classifier_finds():
+    # The multi-label classifier (classes 1, 2) scores 0.9 and 0.2, the binary one (class 3)
+    # 0.7, all against 0.5: class 1 is predicted but not labelled, class 2 labelled but not
+    # predicted, class 3 found by the binary classifier.
+    scores = [np.array([0.9, 0.2]), np.array([0.7])]
+    classes = [[1, 2], [3]]
+    thresholds = [np.array([0.5, 0.5]), np.array([0.5])]
+    kept, predicted = cam_classes(scores, classes, thresholds, {2})
+    assert kept == [CamSource(2, 0, 1), CamSource(3, 1, 0)]
+    assert predicted == [(1, 0, 0), (3, 1, 0)]
+    unlabelled, _ = cam_classes(scores, classes, thresholds, set())
+    assert unlabelled == [(1, 0, 0), (3, 1, 0)]
 
 
-def test_confident_share_of_no_images_fails():
-    with pytest.raises(ValueError, match="no images"):
-        confident_share(np.zeros((0, 3)))
+def test_confident_images_are_those_whose_top_score_is_strictly_above_the_threshold():
+    assert confident_images({"a": 0.9, "b": 0.8, "c": 0.3}, 0.8) == ["a"]
+    assert confident_images({"a": 0.9, "b": 0.8, "c": 0.3}, 0.25) == ["a", "b", "c"]

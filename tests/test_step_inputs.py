@@ -12,10 +12,10 @@ import torch
 from wsss.platform.config import ConfigError, RayConfig
 from wsss.platform.datasets.manifest import ManifestRow
 from wsss.platform.metrics import ConfusionMatrix
-from wsss.platform.steps import (
+from wsss.platform.runners import (
     CamFileError,
     StepInputError,
-    actor_pool_options,
+    actor_pool_resources,
     read_cams,
     require_inputs,
     require_split_sizes,
@@ -90,7 +90,7 @@ def test_train_is_scored_with_the_given_labels_val_and_test_also_with_the_predic
 
 
 def test_models_run_on_one_single_threaded_actor_per_configured_cpu():
-    options = actor_pool_options(RayConfig(num_cpus=3))
+    options = actor_pool_resources(RayConfig(num_cpus=3))
     assert isinstance(options["compute"], ray.data.ActorPoolStrategy)
     assert options["compute"].min_size == options["compute"].max_size == 3
     assert options["num_cpus"] == 1 and "num_gpus" not in options

@@ -7,19 +7,17 @@ import numpy as np
 import pytest
 
 from wsss.platform.config import SyntheticConfig, load_config
-from wsss.platform.datasets.images import IGNORE_INDEX, read_mask, read_rgb
+from wsss.platform.datasets.images import read_mask, read_rgb
 from wsss.platform.datasets.manifest import (
     ORACLE_LABELS,
     ORACLE_MASK_DIR,
     load_dataset,
     with_oracle_masks,
 )
-from wsss.platform.datasets.synthetic import (
-    SUMMARY_FILE,
-    build_synthetic_dataset,
-    design_classes,
-    draw_image,
-)
+from wsss.platform.datasets.synthetic.design import design_classes
+from wsss.platform.datasets.synthetic.drawing import draw_image
+from wsss.platform.datasets.synthetic.writing import SUMMARY_FILE, build_synthetic_dataset
+from wsss.stages.labels import IGNORE_INDEX
 
 CONFIG = SyntheticConfig(
     num_classes=10, image_size=64, train_images=600, val_images=60, test_images=30, workers=2

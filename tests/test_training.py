@@ -17,7 +17,6 @@ from wsss.platform.config import RayConfig
 from wsss.platform.training import EpochData, TrainTask, fit, registered_epoch
 
 ROWS = 128
-STEPS_PER_EPOCH = 4  # 128 rows / (16 per batch * 2 workers)
 
 # Ray workers cannot import this test module: ship its functions by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -82,7 +81,6 @@ def _task(loss, epochs: int) -> TrainTask:
         val_data=EpochData(rows, _from_items, seed=0, shuffle=False),
         epochs=epochs,
         batch_size=16,
-        steps_per_epoch=STEPS_PER_EPOCH,
         eval_batch=_errors,
         eval_summary=_summary,
         select_metric="neg_mse",
@@ -98,6 +96,13 @@ def test_epoch_data_deals_equal_disjoint_shares_reshuffled_each_epoch() -> None:
     order = np.random.default_rng([3, 0]).permutation(5)
     assert first[0] == [data.items[order[0]], data.items[order[2]]]
     assert [data.worker_items(1, rank, 2) for rank in range(2)] != first
+
+
+def test_an_epoch_takes_as_many_steps_as_its_batch_items_fill_across_workers() -> None:
+    assert EpochData(list(range(128)), _from_items, seed=0).steps_per_epoch(16, 2) == 4
+    # 130 items give a fifth, partial step; two copies of each (two scales) twice the steps.
+    assert EpochData(list(range(130)), _from_items, seed=0).steps_per_epoch(16, 2) == 5
+    assert EpochData(list(range(128)), _from_items, seed=0, copies=2).steps_per_epoch(16, 2) == 8
 
 
 def test_epoch_data_without_shuffle_deals_every_item_in_order() -> None:

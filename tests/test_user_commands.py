@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from conftest import WSSS, free_port, serving, user_environment
 
-from wsss.platform.datasets.images import read_mask, read_rgb, voc_palette
+from wsss.platform.datasets.images import read_mask, read_rgb
+from wsss.stages.labels import voc_palette
 from wsss.stages.segmentation.render import LEGEND_ROW
 
 # What Ray, torch and Ray Data print that a user reads as failures; none of it may reach the

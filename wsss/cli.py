@@ -18,10 +18,11 @@ from pathlib import Path
 
 from wsss.platform.config import ConfigError, WsssConfig, load_config, preset_names, to_yaml
 from wsss.platform.console import capture_console
-from wsss.platform.datasets.adapters import ADAPTERS, import_dataset
+from wsss.platform.datasets.adapters import import_dataset
+from wsss.platform.datasets.adapters.common import ADAPTERS
 from wsss.platform.datasets.manifest import DatasetError
 from wsss.platform.datasets.stats import dataset_stats, format_stats
-from wsss.platform.datasets.synthetic import build_synthetic_dataset
+from wsss.platform.datasets.synthetic.writing import build_synthetic_dataset
 from wsss.platform.local_cluster import ClusterError
 from wsss.platform.store import (
     StoreEntry,
@@ -128,14 +129,8 @@ def _data_stats(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from wsss.platform.pipeline import (
-        LOG_FILE,
-        REPORT_FILE,
-        StepFailedError,
-        format_table2,
-        run_folder,
-        run_pipeline,
-    )
+    from wsss.platform.report import REPORT_FILE, format_table2
+    from wsss.platform.run import LOG_FILE, StepFailedError, run_folder, run_pipeline
 
     config = _config(args)
     # Resolved here, where the command starts: Ray workers do not run in this folder.
@@ -211,7 +206,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _log(args: argparse.Namespace) -> int:
-    from wsss.platform.pipeline import log_run
+    from wsss.platform.report import log_run
     from wsss.platform.tracking import TrackingUnavailableError
 
     try:
@@ -412,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(handler=_data_synth)
 
     imp = data_commands.add_parser("import", help="import a dataset layout into a manifest")
-    imp.add_argument("format", choices=sorted(ADAPTERS), help="source layout")
+    imp.add_argument("format", choices=ADAPTERS.names(), help="source layout")
     imp.add_argument("src", type=Path, help="the layout's root folder")
     imp.add_argument("--out", type=Path, required=True, help="dataset folder to write")
     imp.add_argument("--name", help="dataset name (default: the source folder's name)")

@@ -184,6 +184,18 @@ class ClassificationConfig(StrictModel):
     def _positive_scales(cls, value: list[float]) -> list[float]:
         return _check_scales(value)
 
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        # Imported here: torch loads in seconds, and commands that only read a config need none.
+        from wsss.stages.classification.backbones import available_backbones
+
+        if value not in available_backbones():
+            raise ValueError(
+                f"unknown backbone {value!r}; available: {', '.join(available_backbones())}"
+            )
+        return value
+
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> ClassificationConfig:
         # A swapped pair silently removes the unsure band between foreground and background.
@@ -233,6 +245,14 @@ class IRNetConfig(StrictModel):
     def _positive_scales(cls, value: list[float]) -> list[float]:
         return _check_scales(value)
 
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from wsss.stages.irnet.model import check_backbone
+
+        check_backbone(value)
+        return value
+
     @model_validator(mode="after")
     def _crop_fits_radius(self) -> IRNetConfig:
         # Training pairs start at least radius - 1 pixels from the sides of the stride-4 map.
@@ -273,6 +293,14 @@ class SegmentationConfig(StrictModel):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(1e-6, ge=0.0)
     tta: TTAConfig = TTAConfig()
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, value: str) -> str:
+        from wsss.stages.segmentation.model import check_encoder
+
+        check_encoder(value)
+        return value
 
     @property
     def test_time_augmentation(self) -> TTAConfig | None:

@@ -2,7 +2,7 @@
 
 Every step that is scored against pixel ground truth (CAM + CRF, IRNet pseudo masks, DeepLab
 predictions) accumulates a `ConfusionMatrix` over its images and reads the metrics from it, so
-all steps are measured the same way. Matrices from different workers add up with `merge`/`+`.
+all steps are measured the same way.
 
 Conventions:
 - `counts[t, p]` is the number of pixels of ground-truth class `t` predicted as class `p`
@@ -25,7 +25,7 @@ from typing import TypedDict
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from wsss.stages.labels import IGNORE_INDEX
 
 
 class MetricsSummary(TypedDict):
@@ -95,21 +95,6 @@ class ConfusionMatrix:
                 f"{name} holds class ids outside [0, {self.num_classes}): {shown}"
                 + (f" (and {bad.size - 10} more)" if bad.size > 10 else "")
             )
-
-    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
-        """A new matrix holding the counts of both (e.g. from two workers); inputs are unchanged."""
-        if (other.num_classes, other.ignore_index) != (self.num_classes, self.ignore_index):
-            raise ValueError(
-                f"cannot merge a matrix over {other.num_classes} classes (ignore "
-                f"{other.ignore_index}) into one over {self.num_classes} (ignore "
-                f"{self.ignore_index})"
-            )
-        merged = ConfusionMatrix(self.num_classes, self.ignore_index)
-        merged.counts = self.counts + other.counts
-        return merged
-
-    def __add__(self, other: ConfusionMatrix) -> ConfusionMatrix:
-        return self.merge(other)
 
     @property
     def total(self) -> int:

@@ -10,7 +10,8 @@ import ray.data
 from wsss.platform.config import WsssConfig
 from wsss.platform.console import Progress
 from wsss.platform.ray_cluster import ray_session
-from wsss.platform.steps.segmentation import SEGMENTER_FILE, segment_images
+from wsss.platform.runners.outputs import SEGMENTER_FILE
+from wsss.platform.runners.segmentation import segment_images
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 

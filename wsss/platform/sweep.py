@@ -40,13 +40,10 @@ from ray.tune.search.sample import Categorical, Domain, Float, Integer
 from wsss.platform.config import ConfigError, WsssConfig, merge, validate
 from wsss.platform.console import format_duration
 from wsss.platform.datasets.manifest import write_atomic
-from wsss.platform.pipeline import (
-    PIPELINE_STEPS,
-    REPORT_FILE,
-    run_pipeline,
-    train_classifier_step,
-)
 from wsss.platform.ray_cluster import ray_session
+from wsss.platform.report import REPORT_FILE
+from wsss.platform.run import run_pipeline, train_classifier_step
+from wsss.platform.runners.outputs import PIPELINE_STEPS
 from wsss.platform.tracking import Tracker, flatten, tracking_uri
 from wsss.tune_spaces import SearchSpace, get_space
 

@@ -17,6 +17,7 @@ the uninterrupted run would have (on the same hardware and number of workers).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -27,7 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,9 +42,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.trainable.trainable_fn_utils import _in_tune_session
 from torch import nn
 
-from wsss.platform.config import RayConfig
+from wsss.platform.config import AugmentationConfig, RayConfig
 from wsss.platform.console import eta_text
-from wsss.platform.data.pipeline import pace_scheduling_loop
+from wsss.platform.loaders.batches import pace_scheduling_loop, training_dataset
 from wsss.platform.model_file import load_model_file
 
 STATE_FILE = "state.pt"
@@ -74,6 +75,12 @@ class EpochData:
     build: Callable[[list[Any], int], ray.data.Dataset]
     seed: int
     shuffle: bool = True
+    # How many batch items an item gives (IRNet reads each image once per scale).
+    copies: int = 1
+
+    def steps_per_epoch(self, batch_size: int, world_size: int) -> int:
+        """Optimizer steps an epoch of these items takes on `world_size` workers."""
+        return math.ceil(len(self.items) * self.copies / (batch_size * world_size))
 
     def worker_items(self, epoch: int, rank: int, world_size: int) -> list[Any]:
         """The items worker `rank` of `world_size` reads in `epoch` (0-based)."""
@@ -92,6 +99,37 @@ class EpochData:
         return np.random.default_rng([self.seed, epoch])
 
 
+def epoch_data(
+    rows: Sequence[Any],
+    seed: int,
+    *,
+    train: bool,
+    root: Path,
+    class_names: Sequence[str],
+    size: int,
+    augmentation_config: AugmentationConfig,
+    columns: Sequence[str],
+    rescales: Sequence[float] = (1.0,),
+    crop: bool = False,
+) -> EpochData:
+    """A step's manifest rows as its workers read them: train rows shuffled every epoch with
+    the strong augmentation (at each of `rescales`, cropped with `crop`), validation rows in
+    order with the weak one; decoded to `columns` ("mask" among them reads each row's mask)."""
+    build = functools.partial(
+        training_dataset,
+        root=str(root),
+        class_names=list(class_names),
+        size=size,
+        augmentation="strong" if train else "weak",
+        augmentation_config=augmentation_config,
+        columns=list(columns),
+        with_masks="mask" in columns,
+        rescales=tuple(rescales),
+        crop=crop,
+    )
+    return EpochData(rows, build, seed, shuffle=train, copies=len(rescales))
+
+
 @dataclass
 class TrainTask:
     """What one step trains and how. Every callable must be picklable (module-level)."""
@@ -103,7 +141,6 @@ class TrainTask:
     train_data: EpochData
     epochs: int
     batch_size: int
-    steps_per_epoch: int
     optimizer: Literal["adam", "sgd"] = "sgd"
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -113,7 +150,6 @@ class TrainTask:
     eval_summary: EvalSummary | None = None
     select_metric: str | None = None
     seed: int = 0
-    batch_dtypes: dict[str, torch.dtype] = field(default_factory=dict)
 
 
 @dataclass
@@ -165,7 +201,6 @@ def _batches(
     dataset = data.worker_dataset(epoch, context.get_world_rank(), context.get_world_size())
     batches = dataset.iter_torch_batches(
         batch_size=task.batch_size,
-        dtypes=task.batch_dtypes or None,
         device=ray.train.torch.get_device(),
     )
     return (batch for batch in batches if len(next(iter(batch.values()))) >= min_size)
@@ -218,7 +253,8 @@ def _quiet_ray_train_file_loggers() -> None:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The per-worker training function handed to `TorchTrainer` (config: {"task": TrainTask})."""
     task: TrainTask = config["task"]
-    rank = ray.train.get_context().get_world_rank()
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
     data_context = ray.data.DataContext.get_current()
     data_context.execution_options.preserve_order = True  # batches in the same order every run
     data_context.enable_progress_bars = False  # the epoch lines report progress
@@ -229,7 +265,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(task.seed)
     model = task.build_model()
     optimizer = _optimizer(task, model)
-    total_steps = max(1, task.epochs * task.steps_per_epoch)
+    steps_per_epoch = task.train_data.steps_per_epoch(task.batch_size, context.get_world_size())
+    total_steps = max(1, task.epochs * steps_per_epoch)
     scheduler = (
         torch.optim.lr_scheduler.PolynomialLR(
             optimizer, total_iters=total_steps, power=task.poly_power

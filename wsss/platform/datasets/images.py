@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IGNORE_INDEX = 255
+from wsss.stages.labels import voc_palette
 
 # Truncated files must fail loudly instead of decoding as grey padding.
 Image.LOAD_TRUNCATED_IMAGES = False
@@ -26,21 +26,6 @@ class ImageError(ValueError):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
-
-
-def voc_palette() -> list[int]:
-    """PASCAL VOC's colour map, 256 RGB triples flattened (index 255 is VOC's cream ignore)."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        code = index
-        for bit in range(8):
-            r |= ((code >> 0) & 1) << (7 - bit)
-            g |= ((code >> 1) & 1) << (7 - bit)
-            b |= ((code >> 2) & 1) << (7 - bit)
-            code >>= 3
-        palette.extend((r, g, b))
-    return palette
 
 
 def _open(path: Path) -> Image.Image:

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from wsss.platform.datasets.images import IGNORE_INDEX, ImageError, image_size, read_mask
+from wsss.platform.datasets.images import ImageError, image_size, read_mask
+from wsss.stages.labels import IGNORE_INDEX
 
 SPLITS = ("train", "val", "test")
 BACKGROUND = "background"

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wsss.platform.datasets.images import IGNORE_INDEX, read_mask
+from wsss.platform.datasets.images import read_mask
 from wsss.platform.datasets.manifest import ORACLE_LABELS, SPLITS, ManifestRow, load_dataset
+from wsss.stages.labels import IGNORE_INDEX
 
 
 def dataset_stats(dataset_dir: Path | str, dominant_class: str = "person") -> dict:

@@ -1,8 +1,8 @@
 """Class activation maps: multi-scale extraction, normalisation, Grad-CAM, and label maps.
 
-Extraction and normalisation follow IRNet's `step/make_cam.py`; `cam_to_mask` follows
-`step/eval_cam.py` and `confident_labels` follows `step/cam_to_ir_label.py`, with the dense
-CRF left to the caller (the platform owns it).
+Extraction and normalisation follow IRNet's `step/make_cam.py`; `cam_to_mask` and
+`cam_masks` follow `step/eval_cam.py` and `confident_labels` follows `step/cam_to_ir_label.py`,
+with the refinement (the dense CRF of `wsss.stages.classification.crf`) passed in.
 
 Label-map convention (all functions here): 0 is background, class index k (0-based, into the
 classifier's K outputs) is label k + 1, and 255 marks unsure pixels that training ignores.
@@ -102,19 +102,6 @@ def normalise_cams(
     raise ValueError(f"mode must be 'per_class' or 'global', got {mode!r}")
 
 
-def keep_classes(cams: Tensor, class_indices: Sequence[int] | Tensor) -> Tensor:
-    """The maps of the given 0-based classes, in the given order: [K, h, w] -> [len, h, w].
-
-    IRNet keeps the image's labelled classes (`torch.nonzero(label)[:, 0]`) before normalising.
-    """
-    indices = torch.as_tensor(class_indices, dtype=torch.long, device=cams.device)
-    if indices.dim() != 1:
-        raise ValueError("class_indices must be one-dimensional")
-    if indices.numel() and (indices.min() < 0 or indices.max() >= cams.shape[0]):
-        raise ValueError(f"class_indices must lie in [0, {cams.shape[0]}), got {indices.tolist()}")
-    return cams[indices]
-
-
 def grad_cam(model: nn.Module, image: Tensor, target_layer_name: str, class_index: int) -> Tensor:
     """Grad-CAM (Selvaraju et al., 2017) of one class on one named layer.
 
@@ -191,6 +178,34 @@ def cam_to_mask(
     if cams.shape[0] != keys.size - 1:
         raise ValueError(f"{cams.shape[0]} maps for {keys.size - 1} class indices")
     return keys[_argmax_with_background(cams, bg_threshold)]
+
+
+def cam_masks(
+    cams: np.ndarray,
+    class_indices: Sequence[int] | np.ndarray,
+    bg_threshold: float,
+    refine: LabelRefiner,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The `cam_to_mask` label map of normalised CAMs and its refinement by `refine`, which
+    receives the compact map (0 = background, i = the i-th class of `class_indices`) and the
+    number of labels, as in `confident_labels`. Returns two uint8 [h, w] maps, 0 background,
+    k + 1 for class k."""
+    keys = _class_keys(class_indices)
+    if cams.shape[0] != keys.size - 1:
+        raise ValueError(f"{cams.shape[0]} maps for {keys.size - 1} class indices")
+    compact = _argmax_with_background(cams, bg_threshold)
+    return keys[compact], keys[refine(compact, keys.size)]
+
+
+def upsample_cams(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """float32 [n, H, W]: CAMs [n, h, w] resized bilinearly (corners not aligned) to `size`, as
+    IRNet's eval_cam scores stride-4 CAMs at image resolution."""
+    if cams.shape[0] == 0:
+        return np.zeros((0, *size), np.float32)
+    resized = F.interpolate(
+        torch.from_numpy(cams)[None], size=size, mode="bilinear", align_corners=False
+    )
+    return resized[0].numpy()
 
 
 def ir_labels(fg_labels: np.ndarray, bg_labels: np.ndarray) -> np.ndarray:

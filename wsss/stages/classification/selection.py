@@ -5,6 +5,9 @@ labels, {0, 1} [N, K]. A class is predicted for an image when its score is stric
 class's threshold.
 """
 
+from collections.abc import Collection, Mapping, Sequence
+from typing import NamedTuple
+
 import numpy as np
 
 DEFAULT_CANDIDATES = np.linspace(0.05, 0.95, 19)
@@ -70,15 +73,46 @@ def best_thresholds(
     return thresholds
 
 
-def confident_images(scores: np.ndarray, threshold: float = 0.8) -> np.ndarray:
-    """bool [N]: images whose highest class score exceeds `threshold` (paper 3.2 IRNet input)."""
-    _check_scores(scores)
-    return scores.max(axis=1, initial=-np.inf) > threshold
+def confident_images(top_scores: Mapping[str, float], threshold: float = 0.8) -> list[str]:
+    """The images (ids of {id: the classifier's highest class score}) whose top score exceeds
+    `threshold`: those IRNet learns from (paper 3.2)."""
+    return [image_id for image_id, score in top_scores.items() if score > threshold]
 
 
-def confident_share(scores: np.ndarray, threshold: float = 0.8) -> float:
-    """Share in [0, 1] of images whose highest class score exceeds `threshold`."""
-    confident = confident_images(scores, threshold)
-    if confident.size == 0:
-        raise ValueError("no images: the share of confident images is undefined")
-    return float(confident.mean())
+class CamSource(NamedTuple):
+    """Where the CAM of one class of an image comes from: its dataset class index, the
+    classifier (0 the multi-label one, then the binary ones) and that classifier's output."""
+
+    class_index: int
+    classifier: int
+    output: int
+
+
+def cam_classes(
+    scores: Sequence[np.ndarray],
+    class_indices: Sequence[Sequence[int]],
+    thresholds: Sequence[np.ndarray],
+    labelled: Collection[int],
+) -> tuple[list[CamSource], list[CamSource]]:
+    """(kept, predicted): the classes of one image that get a CAM, from each classifier's
+    `scores` [K_i] over its `class_indices` with its per-class `thresholds`.
+
+    Kept: the image's `labelled` classes (dataset class indices) among the classifiers'; for an
+    unlabelled image, the classes scoring above their thresholds; and whatever a binary
+    classifier (for a class excluded from the multi-label one) predicts, the only way to
+    recover that class where its label is missing. Predicted: every class above its threshold,
+    labels or not, as step 3 sees an image.
+    """
+    kept: list[CamSource] = []
+    predicted: list[CamSource] = []
+    for classifier, (own_scores, own_classes, own_thresholds) in enumerate(
+        zip(scores, class_indices, thresholds, strict=True)
+    ):
+        for output, class_index in enumerate(own_classes):
+            source = CamSource(class_index, classifier, output)
+            above = own_scores[output] > own_thresholds[output]
+            if class_index in labelled or ((not labelled or classifier > 0) and above):
+                kept.append(source)
+            if above:
+                predicted.append(source)
+    return kept, predicted

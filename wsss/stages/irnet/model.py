@@ -155,6 +155,14 @@ class DisplacementBranch(nn.Module):
         return self.fuse_all(torch.cat([reduced[0], reduced[1], fused_deep], dim=1))
 
 
+def check_backbone(backbone: str) -> None:
+    """Raise ValueError listing the available ones when IRNet cannot be built on `backbone`."""
+    if backbone not in STAGE_CHANNELS:
+        raise ValueError(
+            f"unknown IRNet backbone {backbone!r}; available: {', '.join(STAGE_CHANNELS)}"
+        )
+
+
 class IRNet(nn.Module):
     """IRNet's boundary and displacement branches on an IRNet ResNet.
 
@@ -173,10 +181,7 @@ class IRNet(nn.Module):
         freeze_backbone: bool = True,
     ) -> None:
         super().__init__()
-        if backbone not in STAGE_CHANNELS:
-            raise ValueError(
-                f"unknown IRNet backbone {backbone!r}; available: {', '.join(STAGE_CHANNELS)}"
-            )
+        check_backbone(backbone)
         # The step-1 ResNets are IRNet's ResNets; their classifier layer is left unused.
         resnet = create_classifier(backbone, num_classes=1, weights=weights).features
         self.backbone = nn.ModuleList(

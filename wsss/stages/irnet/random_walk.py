@@ -62,7 +62,7 @@ def _transition_matrix(boundary: torch.Tensor, radius: int, beta: float) -> torc
         (n_pixels, n_pixels),
         check_invariants=False,
     ).coalesce()
-    # CSR products are ~30x faster than COO ones on CPU; torch flags CSR as beta on creation.
+    # CSR products are much faster than COO ones on CPU; torch flags CSR as beta on creation.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return matrix.to_sparse_csr()

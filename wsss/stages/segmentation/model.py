@@ -23,6 +23,18 @@ from wsss.stages.classification.backbones import features_state
 _SUGGESTED_ENCODERS = ("resnet18", "resnet50", "resnet101")
 
 
+def check_encoder(encoder: str) -> None:
+    """Raise ValueError naming the closest valid names when `encoder` is not one of
+    segmentation-models-pytorch's encoders."""
+    names = get_encoder_names()
+    if encoder not in names:
+        suggestions = difflib.get_close_matches(encoder, names, n=5) or _SUGGESTED_ENCODERS
+        raise ValueError(
+            f"unknown encoder {encoder!r}; valid names include {', '.join(suggestions)} "
+            f"({len(names)} in all: segmentation_models_pytorch.encoders.get_encoder_names())"
+        )
+
+
 def create_segmentation_model(
     encoder: str,
     num_classes: int,
@@ -37,13 +49,7 @@ def create_segmentation_model(
     encoder's last stages trade stride for dilation so its deepest feature map is
     H / `output_stride` (paper 3.3: "stride replaced with dilation").
     """
-    names = get_encoder_names()
-    if encoder not in names:
-        suggestions = difflib.get_close_matches(encoder, names, n=5) or _SUGGESTED_ENCODERS
-        raise ValueError(
-            f"unknown encoder {encoder!r}; valid names include {', '.join(suggestions)} "
-            f"({len(names)} in all: segmentation_models_pytorch.encoders.get_encoder_names())"
-        )
+    check_encoder(encoder)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if weights is not None and weights not in smp_encoders[encoder]["pretrained_settings"]:

@@ -9,9 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from wsss.platform.datasets.images import IGNORE_INDEX, voc_palette
-
-BACKGROUND_INDEX = 0
+from wsss.stages.labels import BACKGROUND_INDEX, IGNORE_INDEX, voc_palette
 
 _PALETTE = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
 LEGEND_ROW = 14  # pixels per legend line: a 10 px swatch and PIL's default bitmap font

@@ -12,7 +12,6 @@ and test a second random walk from the CAMs of the predicted classes is scored b
 from __future__ import annotations
 
 import functools
-import math
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +21,19 @@ import torch.nn.functional as F
 
 from wsss.platform.config import IRNetConfig, WsssConfig
 from wsss.platform.console import Progress
-from wsss.platform.data.pipeline import rows_dataset, training_dataset
 from wsss.platform.datasets.images import read_mask, read_rgb, write_palette_png
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow, with_oracle_masks
+from wsss.platform.loaders.batches import rows_dataset
 from wsss.platform.metrics import ConfusionMatrix
-from wsss.platform.model_file import load_model_file
-from wsss.platform.steps import (
-    IMAGES_COLUMN,
+from wsss.platform.model_file import load_model_file, save_model_file
+from wsss.platform.runners import (
     MASK_SCORED_SPLITS,
     PREDICTED_SUFFIX,
     SCORED_SPLITS,
     CamLabels,
-    actor_pool_options,
-    inference_device,
+    confusion_batch,
+    load_for_inference,
+    map_on_actor_pool,
     read_cams,
     require_inputs,
     scored_columns,
@@ -42,15 +41,14 @@ from wsss.platform.steps import (
     summaries_by_split,
     total_confusions,
 )
-from wsss.platform.steps.classification import CLASSIFIER_FILE
-from wsss.platform.training import EpochData, TrainTask, fit
+from wsss.platform.runners.outputs import IRNET_FILE, PSEUDO_MASK_DIR, Step1Output
+from wsss.platform.training import TrainTask, epoch_data, fit
+from wsss.stages.classification.selection import confident_images
 from wsss.stages.irnet.losses import loss_on_ir_labels
 from wsss.stages.irnet.model import IRNet, infer_boundary
 from wsss.stages.irnet.pseudo_masks import propagate_to_mask
 from wsss.stages.normalise import to_model_input
 
-IRNET_FILE = "irnet.pt"
-PSEUDO_MASK_DIR = "pseudo_masks"
 # The pseudo masks' metric name (Table 2's step-2 row).
 PSEUDO_MASK_METRIC = "irnet"
 PSEUDO_MASK_COLUMNS = scored_columns([PSEUDO_MASK_METRIC], MASK_SCORED_SPLITS)
@@ -64,6 +62,10 @@ def _build(
         saved = load_model_file(classifier_file)
         model.load_classifier_backbone(saved["model"])
     return model
+
+
+def _rebuild(saved: dict[str, Any]) -> IRNet:
+    return IRNet(saved["backbone"], None, True)
 
 
 def _param_groups(model: IRNet, lr_boundary: float, lr_displacement: float) -> list[dict]:
@@ -85,17 +87,19 @@ def train_irnet(
     config: WsssConfig,
     info: DatasetInfo,
     rows: list[ManifestRow],
-    ir_label_dir: Path,
-    confident_ids: list[str],
-    classifier_file: Path,
+    step1: Step1Output,
     step_dir: Path,
 ) -> dict[str, Any]:
-    """Train IRNet on the confident train images' IR labels at every configured scale.
+    """Train IRNet on the IR labels of the train images step 1 is confident about (top class
+    score above `step2.min_confidence`), at every configured scale; returns the history and
+    how many images it learned from.
 
-    `classifier_file` is step 1's saved classifier, read when `step2.backbone_from` is
-    "step1_classifier".
+    Step 1's classifier is read when `step2.backbone_from` is "step1_classifier". The model goes
+    to `step_dir / IRNET_FILE`; `make_pseudo_masks` then applies it with the inference
+    settings, which training never reads.
     """
     step2 = config.step2
+    ir_label_dir, classifier_file = step1.ir_label_dir, step1.classifier_file
     if step2.crop_size % 16:
         raise ValueError(
             f"config key step2.crop_size: must be a multiple of 16, got {step2.crop_size}"
@@ -104,7 +108,7 @@ def train_irnet(
     if step2.backbone_from == "step1_classifier":
         inputs["step 1's classifier (step2.backbone_from)"] = classifier_file
     require_inputs("step 2's IRNet training", inputs)
-    confident = set(confident_ids)
+    confident = set(confident_images(step1.train_top_scores, step2.min_confidence))
     train_rows = [
         ManifestRow(r.id, r.image, r.split, r.labels, str(ir_label_dir / f"{r.id}.png"))
         for r in rows
@@ -115,23 +119,18 @@ def train_irnet(
             f"step 2 has no training image: no train image's classifier confidence exceeds "
             f"step2.min_confidence={step2.min_confidence} (train step 1 longer or lower it)"
         )
-    train_data = EpochData(
+    train_data = epoch_data(
         train_rows,
-        functools.partial(
-            training_dataset,
-            root=str(info.root),
-            class_names=info.object_classes,
-            size=step2.crop_size,
-            augmentation="strong",
-            augmentation_config=config.data.augmentation,
-            columns=["image", "mask"],
-            with_masks=True,
-            rescales=step2.scales,
-            crop=True,
-        ),
         config.seed,
+        train=True,
+        root=info.root,
+        class_names=info.object_classes,
+        size=step2.crop_size,
+        augmentation_config=config.data.augmentation,
+        columns=["image", "mask"],
+        rescales=step2.scales,
+        crop=True,
     )
-    images = len(train_rows) * len(step2.scales)
     task = TrainTask(
         name="step2",
         build_model=functools.partial(
@@ -148,20 +147,13 @@ def train_irnet(
         train_data=train_data,
         epochs=step2.epochs,
         batch_size=step2.batch_size,
-        steps_per_epoch=math.ceil(images / (step2.batch_size * config.ray.num_workers)),
         optimizer="sgd",
         momentum=step2.momentum,
         weight_decay=step2.weight_decay,
         seed=config.seed,
     )
     output = fit(task, config.ray, step_dir / "train", "irnet")
-    torch.save(
-        {
-            "model": output.model_state,
-            "backbone": step2.backbone,
-        },
-        step_dir / IRNET_FILE,
-    )
+    save_model_file(step_dir / IRNET_FILE, output.model_state, backbone=step2.backbone)
     return {"history": output.history, "train_images": len(train_rows)}
 
 
@@ -179,12 +171,7 @@ class PseudoMaskWriter:
         config: IRNetConfig,
         num_classes: int,
     ) -> None:
-        torch.set_num_threads(1)
-        saved = load_model_file(model_file)
-        self.device = inference_device()
-        self.model = IRNet(saved["backbone"], None, True)
-        self.model.load_state_dict(saved["model"])
-        self.model.to(self.device).eval()
+        self.model, _, self.device = load_for_inference(model_file, _rebuild)
         self.root, self.cam_dir, self.out_dir = Path(root), Path(cam_dir), Path(out_dir)
         self.config, self.num_classes = config, num_classes
 
@@ -206,10 +193,7 @@ class PseudoMaskWriter:
             if split in SCORED_SPLITS:
                 pseudo = self._walk(str(image_id), "predicted", boundary, image.shape[:2])
                 matrices[f"{PSEUDO_MASK_METRIC}{PREDICTED_SUFFIX}_{split}"].update(pseudo, truth)
-        return {
-            IMAGES_COLUMN: np.array([len(batch["id"])]),
-            **{column: matrix.counts.reshape(1, -1) for column, matrix in matrices.items()},
-        }
+        return confusion_batch(matrices, len(batch["id"]))
 
     def _walk(
         self,
@@ -240,7 +224,7 @@ def make_pseudo_masks(
     config: WsssConfig,
     info: DatasetInfo,
     rows: list[ManifestRow],
-    cam_dir: Path,
+    step1: Step1Output,
     model_file: Path,
     step_dir: Path,
 ) -> dict[str, Any]:
@@ -248,6 +232,7 @@ def make_pseudo_masks(
     `model_file`; returns {split: {"irnet": metrics}} of the scored splits' masks (with
     "irnet_predicted", drawn from the predicted classes) and, where the data set has its true
     masks, of train's."""
+    cam_dir = step1.cam_dir
     require_inputs(
         "step 2's pseudo masks", {"the trained IRNet": model_file, "step 1's CAMs": cam_dir}
     )
@@ -260,9 +245,10 @@ def make_pseudo_masks(
         if (r.split == "train" or r.split in splits) and (cam_dir / f"{r.id}.npz").is_file()
     ]
     mask_splits = scored_splits(wanted, MASK_SCORED_SPLITS)
-    confusions = rows_dataset(wanted).map_batches(
+    confusions = map_on_actor_pool(
+        rows_dataset(wanted),
         PseudoMaskWriter,
-        fn_constructor_kwargs={
+        {
             "model_file": str(model_file),
             "root": str(info.root),
             "cam_dir": str(cam_dir),
@@ -271,40 +257,9 @@ def make_pseudo_masks(
             "num_classes": len(info.classes),
         },
         batch_size=4,
-        batch_format="numpy",
-        **actor_pool_options(config.ray),
+        ray_config=config.ray,
     )
     progress = Progress("[step2] pseudo masks", len(wanted))
     columns = scored_columns([PSEUDO_MASK_METRIC], mask_splits)
     totals = total_confusions(confusions, columns, len(info.classes), progress)
     return summaries_by_split(totals, mask_splits, info.classes)
-
-
-def confident_ids(top_scores: dict[str, float], min_confidence: float) -> list[str]:
-    """Train images whose classifier confidence (top class score) exceeds `min_confidence`."""
-    return [image_id for image_id, score in top_scores.items() if score > min_confidence]
-
-
-def train_step2(
-    config: WsssConfig,
-    info: DatasetInfo,
-    rows: list[ManifestRow],
-    step1_dir: Path,
-    step1_summary: dict[str, Any],
-    step_dir: Path,
-) -> dict[str, Any]:
-    """Train IRNet on the train images step 1 is confident about; returns history and count.
-
-    The model goes to `step_dir / IRNET_FILE`; `make_pseudo_masks` then applies it with the
-    inference settings, which training never reads.
-    """
-    confident = confident_ids(step1_summary["train_top_scores"], config.step2.min_confidence)
-    return train_irnet(
-        config,
-        info,
-        rows,
-        step1_dir / "ir_labels",
-        confident,
-        step1_dir / CLASSIFIER_FILE,
-        step_dir,
-    )

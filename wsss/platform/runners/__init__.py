@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +24,7 @@ from wsss.platform.config import ConfigError, RayConfig
 from wsss.platform.console import Progress
 from wsss.platform.datasets.manifest import ManifestRow
 from wsss.platform.metrics import ConfusionMatrix
-from wsss.platform.model_file import ModelFileError, load_model_file
+from wsss.platform.model_file import ModelFileError, load_model, load_model_file
 from wsss.platform.training import MIN_TRAIN_BATCH
 
 # Splits with pixel ground truth that every step is scored on: val is the paper's column (step
@@ -97,13 +97,44 @@ def inference_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def actor_pool_options(ray_config: RayConfig) -> dict[str, Any]:
-    """`map_batches` options that run a model class on an actor pool: one actor per GPU of the
-    cluster with `ray.use_gpu`, else one single-threaded actor per configured CPU."""
+def map_on_actor_pool(
+    dataset: ray.data.Dataset,
+    actor: type,
+    constructor_kwargs: dict[str, Any],
+    batch_size: int,
+    ray_config: RayConfig,
+) -> ray.data.Dataset:
+    """`dataset` mapped batch by batch through `actor(**constructor_kwargs)`, a class that
+    loads its model once, on the `actor_pool_resources` pool: how every step's batch inference
+    runs."""
+    return dataset.map_batches(
+        actor,
+        fn_constructor_kwargs=constructor_kwargs,
+        batch_size=batch_size,
+        batch_format="numpy",
+        **actor_pool_resources(ray_config),
+    )
+
+
+def actor_pool_resources(ray_config: RayConfig) -> dict[str, Any]:
+    """`map_batches` options of an inference actor pool: one actor per GPU of the cluster with
+    `ray.use_gpu`, else one single-threaded actor per configured CPU."""
     if ray_config.use_gpu:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         return {"compute": ray.data.ActorPoolStrategy(size=max(1, gpus)), "num_gpus": 1}
     return {"compute": ray.data.ActorPoolStrategy(size=ray_config.num_cpus), "num_cpus": 1}
+
+
+def load_for_inference(
+    path: Path | str, build: Callable[[dict[str, Any]], torch.nn.Module]
+) -> tuple[torch.nn.Module, dict[str, Any], torch.device]:
+    """A step's saved model as an inference actor holds it: on its GPU where Ray gave it one,
+    else on the CPU with one thread (the pool has an actor per CPU). Returns (model in eval
+    mode, the model file's dict, the device)."""
+    torch.set_num_threads(1)
+    device = inference_device()
+    model, saved = load_model(path, build, device)
+    return model, saved, device
 
 
 def remove_this_node_once() -> None:
@@ -185,6 +216,15 @@ def summaries_by_split(
             if column.endswith(f"_{split}")
         }
         for split in splits
+    }
+
+
+def confusion_batch(matrices: Mapping[str, ConfusionMatrix], images: int) -> dict[str, np.ndarray]:
+    """A scoring task's output for one batch of `images`: each matrix flattened to one row of
+    its column, and the image count, as `total_confusions` sums them."""
+    return {
+        IMAGES_COLUMN: np.array([images]),
+        **{column: matrix.counts.reshape(1, -1) for column, matrix in matrices.items()},
     }
 
 

@@ -29,7 +29,7 @@ import albumentations as A
 import cv2
 
 from wsss.platform.config import AugmentationConfig
-from wsss.platform.datasets.images import IGNORE_INDEX
+from wsss.stages.labels import IGNORE_INDEX
 
 DENSE_TARGETS = {"cams": "mask"}
 

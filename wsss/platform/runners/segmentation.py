@@ -10,47 +10,39 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray.data
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from wsss.platform.config import RayConfig, TTAConfig, WsssConfig
 from wsss.platform.console import Progress
-from wsss.platform.data.pipeline import rows_dataset, training_dataset
-from wsss.platform.datasets.images import (
-    IGNORE_INDEX,
-    ImageError,
-    read_mask,
-    read_rgb,
-    write_palette_png,
-)
+from wsss.platform.datasets.images import ImageError, read_mask, read_rgb, write_palette_png
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
+from wsss.platform.loaders.batches import rows_dataset
 from wsss.platform.metrics import ConfusionMatrix
-from wsss.platform.model_file import load_model_file
-from wsss.platform.steps import (
-    IMAGES_COLUMN,
+from wsss.platform.model_file import load_model_file, save_model_file
+from wsss.platform.runners import (
     SCORED_SPLITS,
-    actor_pool_options,
-    inference_device,
+    confusion_batch,
+    load_for_inference,
+    map_on_actor_pool,
     require_inputs,
     scored_splits,
     total_confusions,
 )
-from wsss.platform.training import EpochData, TrainTask, fit
+from wsss.platform.runners.outputs import SEGMENTER_FILE, Step1Output, Step3Output
+from wsss.platform.training import TrainTask, epoch_data, fit
 from wsss.stages.normalise import to_model_input
+from wsss.stages.segmentation.losses import segmentation_loss
 from wsss.stages.segmentation.model import create_segmentation_model, load_classifier_encoder
 from wsss.stages.segmentation.render import overlay, side_by_side, with_legend
 from wsss.stages.segmentation.tta import predict_labels
 
 logger = logging.getLogger(__name__)
-
-SEGMENTER_FILE = "segmenter.pt"
 
 
 def _build(
@@ -69,13 +61,18 @@ def _build(
     return model
 
 
+def _rebuild(saved: dict[str, Any]) -> torch.nn.Module:
+    return create_segmentation_model(
+        saved["encoder"], len(saved["classes"]), None, saved["output_stride"]
+    )
+
+
 def _param_groups(model: torch.nn.Module, lr: float) -> list[dict[str, Any]]:
     return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
 
 
-def _cross_entropy(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    logits = model(to_model_input(batch["image"]))
-    return F.cross_entropy(logits, batch["mask"].long(), ignore_index=IGNORE_INDEX)
+def _batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return segmentation_loss(model(to_model_input(batch["image"])), batch["mask"])
 
 
 def _confusion(
@@ -97,42 +94,38 @@ def train_segmenter(
     config: WsssConfig,
     info: DatasetInfo,
     rows: list[ManifestRow],
-    pseudo_mask_dir: Path,
-    classifier_file: Path,
+    mask_dir: Path,
+    step1: Step1Output,
     step_dir: Path,
 ) -> dict[str, Any]:
-    """Train DeepLabV3+ on the train images' pseudo masks; keep the best epoch by val mIoU.
+    """Train DeepLabV3+ on the train images' masks in `mask_dir` (step 2's pseudo masks, or a
+    data set's true masks for full supervision); keep the best epoch by val mIoU.
 
-    `classifier_file` is step 1's saved classifier, read when `step3.encoder_from` is
-    "step1_classifier".
+    Step 1's classifier is read when `step3.encoder_from` is "step1_classifier".
     """
+    classifier_file = step1.classifier_file
     step3 = config.step3
-    inputs = {"the pseudo masks of step 2": pseudo_mask_dir}
+    inputs = {"the pseudo masks of step 2": mask_dir}
     if step3.encoder_from == "step1_classifier":
         inputs["step 1's classifier (step3.encoder_from)"] = classifier_file
     require_inputs("step 3's DeepLabV3+ training", inputs)
     num_classes = len(info.classes)
     train_rows = [
-        ManifestRow(r.id, r.image, r.split, r.labels, str(pseudo_mask_dir / f"{r.id}.png"))
+        ManifestRow(r.id, r.image, r.split, r.labels, str(mask_dir / f"{r.id}.png"))
         for r in rows
-        if r.split == "train" and (pseudo_mask_dir / f"{r.id}.png").is_file()
+        if r.split == "train" and (mask_dir / f"{r.id}.png").is_file()
     ]
     val_rows = [r for r in rows if r.split == "val" and r.mask is not None]
     data = {
-        split: EpochData(
+        split: epoch_data(
             split_rows,
-            functools.partial(
-                training_dataset,
-                root=str(info.root),
-                class_names=info.object_classes,
-                size=config.data.image_size,
-                augmentation="strong" if split == "train" else "weak",
-                augmentation_config=config.data.augmentation,
-                columns=["image", "mask"],
-                with_masks=True,
-            ),
             config.seed,
-            shuffle=split == "train",
+            train=split == "train",
+            root=info.root,
+            class_names=info.object_classes,
+            size=config.data.image_size,
+            augmentation_config=config.data.augmentation,
+            columns=["image", "mask"],
         )
         for split, split_rows in (("train", train_rows), ("val", val_rows))
     }
@@ -147,12 +140,11 @@ def train_segmenter(
             str(classifier_file) if step3.encoder_from == "step1_classifier" else None,
         ),
         param_groups=functools.partial(_param_groups, lr=step3.lr),
-        batch_loss=_cross_entropy,
+        batch_loss=_batch_loss,
         train_data=data["train"],
         val_data=data["val"],
         epochs=step3.epochs,
         batch_size=step3.batch_size,
-        steps_per_epoch=math.ceil(len(train_rows) / (step3.batch_size * config.ray.num_workers)),
         optimizer="sgd",
         momentum=step3.momentum,
         weight_decay=step3.weight_decay,
@@ -162,14 +154,12 @@ def train_segmenter(
         seed=config.seed,
     )
     output = fit(task, config.ray, step_dir / "train", "segmenter")
-    torch.save(
-        {
-            "model": output.model_state,
-            "encoder": step3.encoder,
-            "output_stride": step3.output_stride,
-            "classes": info.classes,
-        },
+    save_model_file(
         step_dir / SEGMENTER_FILE,
+        output.model_state,
+        encoder=step3.encoder,
+        output_stride=step3.output_stride,
+        classes=info.classes,
     )
     return {"best_epoch": output.metrics.get("epoch"), "history": output.history}
 
@@ -187,15 +177,8 @@ class Segmenter:
     def __init__(
         self, model_file: str, root: str, tta: TTAConfig | None, out_dir: str | None = None
     ) -> None:
-        torch.set_num_threads(1)
-        saved = load_model_file(model_file)
+        self.model, saved, self.device = load_for_inference(model_file, _rebuild)
         self.classes: list[str] = saved["classes"]
-        self.device = inference_device()
-        self.model = create_segmentation_model(
-            saved["encoder"], len(self.classes), None, saved["output_stride"]
-        )
-        self.model.load_state_dict(saved["model"])
-        self.model.to(self.device).eval()
         self.root, self.tta = Path(root), tta
         self.out_dir = Path(out_dir) if out_dir else None
 
@@ -248,35 +231,28 @@ class SegmenterScorer:
             truth = read_mask(self.segmenter.root / str(mask))
             for name, tta in self.variants.items():
                 matrices[f"{name}_{split}"].update(self.segmenter.labels(image, tta), truth)
-        return {
-            IMAGES_COLUMN: np.array([len(batch["id"])]),
-            **{column: matrix.counts.reshape(1, -1) for column, matrix in matrices.items()},
-        }
+        return confusion_batch(matrices, len(batch["id"]))
 
 
 def evaluate_segmenter(
     config: WsssConfig,
     info: DatasetInfo,
     rows: list[ManifestRow],
-    step_dir: Path,
+    step3: Step3Output,
     variants: dict[str, TTAConfig | None],
 ) -> dict[str, dict[str, Any]]:
-    """Table-1 metrics of the saved segmenter on the masks of every scored split, for each
+    """Table-1 metrics of step 3's segmenter on the masks of every scored split, for each
     variant ({name: TTA or None}) in one pass: {split: {name: summary}}."""
-    model_file = step_dir / SEGMENTER_FILE
+    model_file = step3.segmenter_file
     require_inputs("the evaluation", {"step 3's model": model_file})
     splits = scored_splits(rows)
     scored_rows = [r for r in rows if r.split in splits and r.mask is not None]
-    confusions = rows_dataset(scored_rows).map_batches(
+    confusions = map_on_actor_pool(
+        rows_dataset(scored_rows),
         SegmenterScorer,
-        fn_constructor_kwargs={
-            "model_file": str(model_file),
-            "root": str(info.root),
-            "variants": variants,
-        },
+        {"model_file": str(model_file), "root": str(info.root), "variants": variants},
         batch_size=8,
-        batch_format="numpy",
-        **actor_pool_options(config.ray),
+        ray_config=config.ray,
     )
     progress = Progress(f"[evaluation] DeepLabV3+ on {' and '.join(splits)}", len(scored_rows))
     columns = [f"{name}_{split}" for name in variants for split in splits]
@@ -297,15 +273,10 @@ def segment_images(
     """Segment a dataset of {id, image (absolute path)} rows through an actor pool, writing
     masks and overlays to `out_dir` (absolute); the result has each row's `error` ("" if
     written)."""
-    return images.map_batches(
+    return map_on_actor_pool(
+        images,
         Segmenter,
-        fn_constructor_kwargs={
-            "model_file": str(model_file),
-            "root": "/",
-            "tta": tta,
-            "out_dir": str(out_dir),
-        },
+        {"model_file": str(model_file), "root": "/", "tta": tta, "out_dir": str(out_dir)},
         batch_size=4,
-        batch_format="numpy",
-        **actor_pool_options(ray_config),
+        ray_config=ray_config,
     )

@@ -9,15 +9,15 @@ import ray.data
 from PIL import Image
 
 from wsss.platform.config import AugmentationConfig
-from wsss.platform.data.pipeline import (
+from wsss.platform.datasets.images import write_palette_png
+from wsss.platform.datasets.manifest import ManifestRow
+from wsss.platform.loaders.batches import (
     SchedulingLoopPacer,
     decode_batch,
     decoded_dataset,
     multi_hot,
     pace_scheduling_loop,
 )
-from wsss.platform.datasets.images import write_palette_png
-from wsss.platform.datasets.manifest import ManifestRow
 
 CLASSES = ["dog", "cat", "person"]
 

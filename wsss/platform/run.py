@@ -10,7 +10,7 @@ their training in folders of their own (`classifier-<key>`, `binary_<class>-<key
 only inference reads, so a new CAM, CRF or confident-label setting redraws the CAMs with the
 trained classifiers, and a new IRNet threshold or walk setting redraws the pseudo masks with
 the trained IRNet. The run folder (`runs/<name>/`) holds the resolved config, links to the
-step folders it used, and `report.json`; MLflow holds the same.
+step folders it used, and `report.json` (`wsss.platform.report`); MLflow holds the same.
 
 Every step is scored on val (the paper's column; step 3 picks its epoch there) and, where the
 data set has its masks, on test. A step that fails raises `StepFailedError`, which names the
@@ -31,11 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from wsss.platform.config import ConfigError, WsssConfig, load_config, to_yaml
+from wsss.platform.config import ConfigError, WsssConfig, to_yaml
 from wsss.platform.console import describe_error, root_cause
-from wsss.platform.datasets.images import read_mask, read_rgb
 from wsss.platform.datasets.manifest import (
     DATASET_FILE,
     DatasetInfo,
@@ -44,26 +41,30 @@ from wsss.platform.datasets.manifest import (
     write_atomic,
 )
 from wsss.platform.datasets.stats import dataset_stats
-from wsss.platform.datasets.synthetic import build_synthetic_dataset
+from wsss.platform.datasets.synthetic.writing import build_synthetic_dataset
 from wsss.platform.ray_cluster import ray_session, require_shared_storage
-from wsss.platform.steps import (
-    classification,
+from wsss.platform.report import REPORT_FILE, log_results, log_step
+from wsss.platform.runners import (
+    cams,
+    classifier,
     irnet,
     require_split_sizes,
     scored_splits,
     segmentation,
 )
-from wsss.platform.steps.irnet import confident_ids
-from wsss.platform.store import SUMMARY_FILE, Lease, StepStore, config_key
-from wsss.platform.tracking import Tracker, TrackingUnavailableError, metric_values
-from wsss.stages.segmentation.render import colorize, side_by_side
+from wsss.platform.runners.outputs import (
+    IRNET_FILE,
+    PIPELINE_STEPS,
+    RunOutputs,
+    Step1Output,
+    Step2Output,
+)
+from wsss.platform.store import Lease, StepStore, config_key
+from wsss.platform.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
-REPORT_FILE = "report.json"
 LOG_FILE = "run.log"
-# The steps a run builds through the store, in order (each config section of that name).
-PIPELINE_STEPS = ("step1", "step2", "step3")
 STEP_TITLES = {
     "data": "data preparation",
     "step1": "step 1 (classifier, CAMs, dense CRF)",
@@ -71,17 +72,6 @@ STEP_TITLES = {
     "step3": "step 3 (DeepLabV3+)",
     "evaluation": "evaluation",
 }
-STEP_NAMES = {
-    "cam": "Step 1. Classification (CAM)",
-    "cam_crf": "Step 1. Classification + CRF",
-    "irnet": "Step 2. IRNet",
-    "cam_predicted": "Step 1. CAM, predicted labels",
-    "cam_crf_predicted": "Step 1. CAM + CRF, predicted labels",
-    "irnet_predicted": "Step 2. IRNet, predicted labels",
-    "segmentation": "Step 3. Segmentation",
-    "segmentation_tta": "Step 3. Segmentation + TTA",
-}
-PANEL_IMAGES = 4
 # The errors of a write that found no room: the disk is full, or the user's quota is spent.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -154,7 +144,7 @@ def _train_classifier(
     binary_class: str | None,
     folder: Path,
 ) -> dict:
-    _, output = classification.train_classifier(config, info, rows, folder, binary_class)
+    output = classifier.train_classifier(config, info, rows, folder, binary_class)
     return {"f1_macro": output.metrics.get("f1_macro"), "history": output.history}
 
 
@@ -175,7 +165,7 @@ def _trained_classifier(
         del training["exclude_classes"]
         made_from["binary_class"] = binary_class
     return store.run(
-        classification.classifier_name(binary_class),
+        classifier.classifier_name(binary_class),
         made_from,
         functools.partial(_train_classifier, config, info, rows, binary_class),
     )
@@ -244,9 +234,9 @@ def _step1(
         trained_folder, trained[binary_class] = _trained_classifier(
             config, info, rows, store, data_key, binary_class
         )
-        name = classification.classifier_name(binary_class)
+        name = classifier.classifier_name(binary_class)
         model_files.append(_link_trained_model(folder, trained_folder, f"{name}.pt"))
-    scores = classification.extract_cams(config, info, rows, folder, model_files)
+    scores = cams.extract_cams(config, info, rows, folder, model_files)
     return {
         **scores,
         "f1_macro": trained[None]["f1_macro"],
@@ -261,51 +251,26 @@ def _step2(
     config: WsssConfig,
     info: DatasetInfo,
     rows: list[ManifestRow],
-    step1: tuple[Path, dict],
+    step1: Step1Output,
     folder: Path,
     store: StepStore,
     step1_key: str,
 ) -> dict:
     """IRNet, trained unless the store holds one with the same training settings (a new
     threshold or walk setting only redraws the masks), then this config's pseudo masks."""
-    step1_folder, step1_summary = step1
     training = config.step2.model_dump(mode="json", exclude=config.step2.inference_fields)
     trained_folder, trained = store.run(
         "irnet",
         {"step1": step1_key, "step2": training},
-        lambda irnet_folder: irnet.train_step2(
-            config, info, rows, step1_folder, step1_summary, irnet_folder
-        ),
+        lambda irnet_folder: irnet.train_irnet(config, info, rows, step1, irnet_folder),
     )
-    model_link = _link_trained_model(folder, trained_folder, irnet.IRNET_FILE)
-    metrics = irnet.make_pseudo_masks(config, info, rows, step1_folder / "cams", model_link, folder)
+    model_link = _link_trained_model(folder, trained_folder, IRNET_FILE)
+    metrics = irnet.make_pseudo_masks(config, info, rows, step1, model_link, folder)
     return {
         "history": trained["history"],
         "train_images": trained["train_images"],
         "metrics": metrics,
     }
-
-
-def _panels(
-    info: DatasetInfo,
-    rows: list[ManifestRow],
-    config: WsssConfig,
-    folders: dict[str, Path],
-    segmenter: segmentation.Segmenter,
-) -> list[tuple[str, np.ndarray]]:
-    """Figure-2 panels for the first val images: image | CAM | CAM+CRF | IRNet | DeepLab | GT;
-    the segmenter predicts with the run's TTA."""
-    panels = []
-    for row in [r for r in rows if r.split == "val" and r.mask is not None][:PANEL_IMAGES]:
-        image = read_rgb(info.root / row.image)
-        cam_dir = folders["step1"] / "cams"
-        cam, cam_crf = classification.cam_masks(image, row.id, cam_dir, config.step1)
-        irnet_mask = read_mask(folders["step2"] / irnet.PSEUDO_MASK_DIR / f"{row.id}.png")
-        predicted = segmenter.labels(image, config.step3.test_time_augmentation)
-        truth = read_mask(info.root / row.mask)
-        masks = [cam, cam_crf, irnet_mask, predicted, truth]
-        panels.append((row.id, side_by_side(image, *(colorize(m) for m in masks))))
-    return panels
 
 
 def _link_folder(link: Path, folder: Path) -> None:
@@ -381,7 +346,7 @@ def run_pipeline(
                 config,
                 info,
                 rows,
-                (folders["step1"], summaries["step1"]),
+                Step1Output.of(folders["step1"], summaries["step1"]),
                 folder,
                 store,
                 made_from["step2"]["step1"],
@@ -390,8 +355,8 @@ def run_pipeline(
                 config,
                 info,
                 rows,
-                folders["step2"] / irnet.PSEUDO_MASK_DIR,
-                folders["step1"] / classification.CLASSIFIER_FILE,
+                Step2Output.of(folders["step2"], summaries["step2"]).pseudo_mask_dir,
+                Step1Output.of(folders["step1"], summaries["step1"]),
                 folder,
             ),
         }
@@ -401,13 +366,14 @@ def run_pipeline(
                 timings[step] = summaries[step]["duration_s"]
                 _link_folder(run_dir / step, folders[step])
             log_step(tracker, config, step, summaries[step])
+        outputs = RunOutputs.of(folders, summaries)
 
         started = time.perf_counter()
         with _step("evaluation", runs_dir):
             variants = {"segmentation": None}
             if config.step3.tta.enabled:
                 variants["segmentation_tta"] = config.step3.tta
-            scores = segmentation.evaluate_segmenter(config, info, rows, folders["step3"], variants)
+            scores = segmentation.evaluate_segmenter(config, info, rows, outputs.step3, variants)
             steps = {
                 split: {
                     **summaries["step1"]["metrics"][split],
@@ -418,13 +384,13 @@ def run_pipeline(
             }
             timings["evaluation"] = time.perf_counter() - started
 
-        top_scores = summaries["step1"]["train_top_scores"]
+        # Step 2 trains on the confident train images, so it counted them.
+        train_images = len(outputs.step1.train_top_scores)
         report = {
             "dataset": dataset_stats(dataset_dir, config.data.synthetic.dominant_class),
             "classifier": {
                 "f1_macro": summaries["step1"]["f1_macro"],
-                "confident_share": len(confident_ids(top_scores, config.step2.min_confidence))
-                / max(1, len(top_scores)),
+                "confident_share": outputs.step2.train_images / max(1, train_images),
             },
             "steps": steps["val"],
             "split": "val",
@@ -438,68 +404,8 @@ def run_pipeline(
             "run_dir": str(run_dir),
             "mlflow": {"tracking_uri": tracker.uri, "run_id": run_id},
         }
-        _log_results(tracker, config, info, rows, folders, report)
+        log_results(tracker, config, info, rows, outputs, report)
     report["mlflow"]["unavailable"] = tracker.unavailable
-    write_atomic(run_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
-    return report
-
-
-def log_step(tracker: Tracker, config: WsssConfig, step: str, summary: dict[str, Any]) -> None:
-    """A step's nested run: its settings, per-epoch history and scores."""
-    with tracker.step_run(step, getattr(config, step).model_dump(mode="json")):
-        tracker.log_history(summary.get("history", []))
-        for split, metrics in summary.get("metrics", {}).items():
-            for name, scores in metrics.items():
-                tracker.log_metrics(metric_values(scores, _metric_prefix(name, split)))
-
-
-def _log_results(
-    tracker: Tracker,
-    config: WsssConfig,
-    info: DatasetInfo,
-    rows: list[ManifestRow],
-    folders: dict[str, Path],
-    report: dict[str, Any],
-) -> None:
-    """The parent run's scores of every step, Figure-2 panels, the final model and the
-    report."""
-    for split, metrics in _report_splits(report).items():
-        for name, scores in metrics.items():
-            tracker.log_metrics(metric_values(scores, _metric_prefix(name, split)))
-    if tracker.enabled:  # what only MLflow shows: not drawn for a sweep's trial
-        segmenter = segmentation.Segmenter(
-            str(folders["step3"] / segmentation.SEGMENTER_FILE), str(info.root), None
-        )
-        for image_id, panel in _panels(info, rows, config, folders, segmenter):
-            tracker.log_image(panel, f"panels/{image_id}.png")
-        tracker.log_model(segmenter.model, "segmenter")
-    tracker.log_dict(report, REPORT_FILE)
-    tracker.log_dict(table2(report), "table2.json")
-
-
-def log_run(run_dir: Path, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Log a finished run from its folder to MLflow (`tracking_uri`, else the run's store) as
-    the run itself would have: a parent run with the step runs, scores, panels, model and
-    report. Returns the report with its new `mlflow` entry, written back to the folder."""
-    run_dir = Path(run_dir).resolve()
-    if not (run_dir / REPORT_FILE).is_file():
-        raise ConfigError(f"{run_dir}: no {REPORT_FILE} (not a finished run's folder)")
-    config = load_config(None, run_dir / "config.yaml")
-    if tracking_uri:
-        config.tracking.tracking_uri = tracking_uri
-    report = json.loads((run_dir / REPORT_FILE).read_text())
-    folders = {step: (run_dir / step).resolve() for step in PIPELINE_STEPS}
-    summaries = {step: json.loads((folders[step] / SUMMARY_FILE).read_text()) for step in folders}
-    info, rows = load_dataset(run_dir / "dataset")
-    tracker = Tracker(config.tracking, run_dir.parent, run_dir=run_dir)
-    with tracker.parent_run(config.name, config.model_dump(mode="json")) as run_id:
-        for step in PIPELINE_STEPS:
-            log_step(tracker, config, step, summaries[step])
-        report["mlflow"] = {"tracking_uri": tracker.uri, "run_id": run_id}
-        _log_results(tracker, config, info, rows, folders, report)
-    if tracker.unavailable:
-        raise TrackingUnavailableError(f"MLflow at {tracker.uri}: {tracker.unavailable}")
-    report["mlflow"]["unavailable"] = None
     write_atomic(run_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
 
@@ -513,61 +419,3 @@ def _store_events(store: StepStore) -> dict[str, dict[str, float]]:
     for step, seconds in store.build_seconds.items():
         events[step]["build_s"] = seconds
     return events
-
-
-def _metric_prefix(name: str, split: str) -> str:
-    """MLflow metric prefix: val, the paper's column, unprefixed (`cam_miou`); other splits
-    prefixed (`test_cam_miou`)."""
-    return name if split == "val" else f"{split}_{name}"
-
-
-def _report_splits(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """{split: {row: metrics}} of a report: train (steps 1 and 2's masks against the train
-    split's true masks, where the data set has them), val and test."""
-    return {
-        "train": report.get("train_steps", {}),
-        "val": report["steps"],
-        "test": report.get("test_steps", {}),
-    }
-
-
-def table2(report: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """The paper's Table 2 for this run: mIoU per step and scored split, in percent."""
-    columns = _report_splits(report)
-    return {
-        title: {
-            split: round(100 * metrics[name]["miou"], 2)
-            for split, metrics in columns.items()
-            if name in metrics
-        }
-        for name, title in STEP_NAMES.items()
-    }
-
-
-def format_table2(report: dict[str, Any]) -> str:
-    """Table 2 as text: a row per step, a column per scored split (val is the paper's), and
-    what the columns measure."""
-    rows = table2(report)
-    splits = [s for s in ("train", "val", "test") if any(s in row for row in rows.values())]
-    width = max(len(k) for k in rows)
-    heads = {s: f"{s} mIoU" for s in splits}
-    widths = {s: max(9, len(head)) for s, head in heads.items()}
-    lines = [f"{'Method step':<{width}}" + "".join(f"  {heads[s]:>{widths[s]}}" for s in splits)]
-    for title, row in rows.items():
-        if row:  # a row the run did not make (TTA off) is left out
-            cells = "".join(
-                f"  {row[s]:{widths[s]}.2f}" if s in row else "  " + " " * widths[s] for s in splits
-            )
-            lines.append(f"{title:<{width}}{cells}")
-    if "train" in splits:
-        lines.append(
-            "train: the pseudo masks step 3 learns from, against the train split's true masks"
-        )
-    if "val" in rows[STEP_NAMES["cam_predicted"]]:
-        lines.append(
-            "val, test: steps 1 and 2 get each image's true labels or (predicted labels) the "
-            "classifier's; step 3 none"
-        )
-    elif "train" in splits:
-        lines.append("val, test: steps 1 and 2 are given each image's true labels, step 3 none")
-    return "\n".join(lines)

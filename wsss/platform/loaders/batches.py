@@ -25,9 +25,9 @@ import ray.data
 from ray.data._internal.execution.execution_callback import ExecutionCallback
 
 from wsss.platform.config import AugmentationConfig
-from wsss.platform.data.augment import strong_augmentation, weak_augmentation
 from wsss.platform.datasets.images import ImageError, read_mask, read_rgb
 from wsss.platform.datasets.manifest import ManifestRow
+from wsss.platform.loaders.augment import strong_augmentation, weak_augmentation
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +38,9 @@ class SchedulingLoopPacer(ExecutionCallback):
     """Makes each step of a Ray Data scheduling loop last at least `min_step_s`.
 
     The loop waits for running tasks, but once none is running (every block decoded and
-    waiting for a consumer that is busy training) it has nothing to wait on and spins. With
-    each Train worker running its own dataset, two such loops took 40-46% of a core each on
-    the 2-core demo machine and made the demo's epochs 1.7-1.9 times longer (step 3: 57 s
-    instead of 30 s); paced, they take as long as with one dataset shared by the workers.
+    waiting for a consumer that is busy training) it has nothing to wait on and spins, taking
+    CPU from the Train workers it feeds; with each worker running its own dataset there is one
+    such loop per worker.
     Registered through `DataContext.custom_execution_callback_classes` (Ray Data's hook for
     execution callbacks); one instance serves one execution.
     """
