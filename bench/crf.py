@@ -1,35 +1,38 @@
-"""Dense CRF throughput: a plain pydensecrf loop against the Ray Data stage on 1 and 2 CPUs.
+"""Dense CRF throughput: step 1's own dense-CRF stage on Ray Data at 1 and 2 CPUs, against a
+plain loop over the same function and two plain processes.
 
-Scenes come from the built-in synthetic dataset
-(`wsss.platform.datasets.synthetic.drawing.draw_image`, 20 object classes + background = 21
-labels). Each scene's unary is CAM-like: its ground-truth
-mask sampled every `BLOCK` pixels (background where the mask is void), some blocks switched to
-another class of the scene, blown back up to full size as blocks, then per-pixel Gaussian noise
-on the logits and a softmax.
+What runs is what a run's step 1 runs after its CAMs (`wsss.platform.runners.cams`): for every
+image, `refine_and_score` reads the image and its CAM file, runs the dense CRF (twice for a
+train image, IRNet's confident labels at two thresholds; once per label set for a val or test
+image, its CAM+CRF mask drawn with the given and with the predicted labels), writes the train
+images' IR labels and the val and test images' masks, and returns confusion matrices, which the
+driver sums.
 
-What is timed, and why it is fair:
-- Every variant makes the same output: by default the refined label map (argmax of the CRF
-  marginals, uint8), which is what the pipeline keeps; `--output marginals` keeps the float32
-  marginals instead (21x4 times the bytes, which Ray then moves through its object store).
-- The loop refines arrays already in the driver's memory and keeps the results in a list.
-- The Ray runs start from a Dataset already materialized in the object store, one block per
-  task's batch (in the pipeline the CRF reads the output of the CAM stage, which a batch
-  inference stage writes that way), and stop when the refined Dataset is materialized in the
-  object store; reading it back is not timed, as the loop's results are not copied anywhere
-  either. Putting the inputs into the object store is timed separately and printed.
-- For scale, two forked processes each run the loop over half the images: what two CPUs of
-  this machine give without Ray (results come back through a pipe, as small label maps).
-- Each variant first refines a few images untimed (process start-up, imports), then makes
-  `--repeats` timed passes over all images and keeps the fastest: the machine is shared, and
-  the fastest pass is the one least disturbed by other processes. Every Ray pass is a new
-  Dataset execution, so Ray Data's per-execution start-up stays inside every timed pass.
+The inputs are a built-in synthetic data set drawn for the bench (`--images` of `--size`
+pixels, 20 object classes, three quarters of them train) and a CAM file per image written as
+step 1 writes them (`cams.write_cams`): for each labelled class, its true mask pooled to the
+CAM stride plus Gaussian noise, normalised to a maximum of 1; the same maps stand for the
+predicted classes. A trained classifier's CAMs would change what the CRF decides, not how long
+it takes.
 
-Prints progress, and as the last line one JSON object:
-`loop_img_s`, `ray_1cpu_img_s`, `ray_2cpu_img_s` (images per second), `speedup_2cpu_vs_loop`
-(ray_2cpu / loop), `overhead_1cpu_vs_loop` (loop / ray_1cpu: how many times slower Ray is on
-one CPU), `two_processes_img_s` and `speedup_two_processes_vs_loop` (the bare-process reference).
+Variants, each given the same rows in batches of `cams.CRF_BATCH`:
+- loop: `refine_and_score` on each batch in this process, summed with `sum_confusions`.
+- Ray 1 CPU, Ray 2 CPUs: `cams.crf_stage` on a fresh local Ray instance with that many CPUs,
+  summed with `total_confusions` as `extract_cams` does; Ray Data's start-up, the tasks'
+  scheduling and the confusion matrices' way back are inside every timed pass.
+- two processes: two spawned processes each loop over half the batches: what two CPUs of this
+  machine give without Ray, the figure the 2-CPU stage is measured against.
+Each variant first runs a few batches untimed (imports, process start-up), then makes
+`--repeats` timed passes and keeps the fastest: the machine is shared, and the fastest pass is
+the one least disturbed by other processes. Every variant must give the loop's confusion
+matrices (`same_scores`).
 
-Run: `python bench/crf.py [--images 64] [--repeats 3]`; `--help` lists the Ray settings.
+Prints progress, and as the last line one JSON object: `loop_img_s`, `ray_1cpu_img_s`,
+`ray_2cpu_img_s`, `two_processes_img_s` (images per second), `overhead_1cpu_vs_loop` (loop /
+ray_1cpu), `speedup_2cpu_vs_loop`, `speedup_two_processes_vs_loop`,
+`ray_2cpu_vs_two_processes` (ray_2cpu / two_processes), `same_scores`, and the settings.
+
+Run: `python bench/crf.py [--images 64] [--size 320] [--repeats 3]`.
 """
 
 # wsss sets RAY_AUTH_MODE for the clusters it starts, and Ray reads that once, when imported.
@@ -39,198 +42,243 @@ import argparse
 import json
 import multiprocessing
 import os
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import ray
 import ray.data
 
-from wsss.platform.config import CRFConfig, SyntheticConfig
-from wsss.platform.crf import refine_dataset
-from wsss.platform.datasets.synthetic.design import design_classes
-from wsss.platform.datasets.synthetic.drawing import draw_image
-from wsss.stages.classification.crf import refine_probabilities
-from wsss.stages.labels import IGNORE_INDEX
+from wsss.platform.config import ClassificationConfig, SyntheticConfig
+from wsss.platform.datasets.images import read_mask
+from wsss.platform.datasets.manifest import (
+    DatasetInfo,
+    ManifestRow,
+    load_dataset,
+    with_oracle_masks,
+)
+from wsss.platform.datasets.synthetic.writing import build_synthetic_dataset
+from wsss.platform.runners import (
+    MASK_SCORED_SPLITS,
+    SCORED_SPLITS,
+    scored_columns,
+    scored_splits,
+    sum_confusions,
+    total_confusions,
+)
+from wsss.platform.runners import cams as step1_cams
+from wsss.platform.runners.outputs import CAM_DIR
+from wsss.stages.classification.cam import strided_size
+from wsss.stages.metrics import ConfusionMatrix
 
-NUM_OBJECT_CLASSES = 20  # + background = 21 labels, as PASCAL VOC
-BLOCK = 16  # CAMs come out at stride 16 and are blown back up: blocky
-BLOCK_SWITCH_RATE = 0.15
-LOGIT_GAIN = 4.0
-LOGIT_NOISE = 1.5
+NUM_OBJECT_CLASSES = 20
+CAM_NOISE = 0.15
 
 
-def make_scenes(count: int, size: int, seed: int) -> list[dict[str, Any]]:
-    """`count` rows {id, image uint8 [S,S,3], probs float32 [21,S,S], truth uint8 [S,S]}."""
-    config = SyntheticConfig(num_classes=NUM_OBJECT_CLASSES, image_size=size)
-    designs = design_classes(config)
-    n_labels = NUM_OBJECT_CLASSES + 1
+@dataclass(frozen=True)
+class CrfInputs:
+    """The data set, the rows step 1's CRF stage refines, and the step folder with their CAMs."""
+
+    info: DatasetInfo
+    rows: list[ManifestRow]
+    step_dir: Path
+    config: ClassificationConfig
+
+    @property
+    def columns(self) -> list[str]:
+        splits = scored_splits(self.rows, MASK_SCORED_SPLITS)
+        return scored_columns(step1_cams.CAM_METRICS, splits)
+
+
+def noisy_cams(
+    truth: np.ndarray, classes: list[int], stride: int, rng: np.random.Generator
+) -> np.ndarray:
+    """float16 [len(classes), h, w] at `stride`: each class's true mask pooled to the stride,
+    plus Gaussian noise, clipped at 0 and normalised to a maximum of 1."""
+    height, width = strided_size(truth.shape, stride)
+    padded = np.zeros((height * stride, width * stride), truth.dtype)
+    padded[: truth.shape[0], : truth.shape[1]] = truth
+    maps = []
+    for class_index in classes:
+        pooled = (padded == class_index).reshape(height, stride, width, stride).mean(axis=(1, 3))
+        noisy = np.clip(pooled + rng.normal(0.0, CAM_NOISE, pooled.shape), 0.0, None)
+        maps.append(noisy / max(float(noisy.max()), 1e-6))
+    return np.array(maps, np.float16).reshape(len(classes), height, width)
+
+
+def prepare_inputs(folder: Path, images: int, size: int, seed: int) -> CrfInputs:
+    """Draw the data set into `folder` and write every refined row's CAM file."""
+    test = max(1, images // 8)
+    synthetic = SyntheticConfig(
+        num_classes=NUM_OBJECT_CLASSES,
+        image_size=size,
+        train_images=images - 2 * test,
+        val_images=test,
+        test_images=test,
+    )
+    build_synthetic_dataset(folder / "dataset", synthetic, seed)
+    info, rows = load_dataset(folder / "dataset")
+    splits = scored_splits(rows, SCORED_SPLITS)
+    refined = [
+        r for r in with_oracle_masks(rows, info.root) if r.split == "train" or r.split in splits
+    ]
+    config = ClassificationConfig()
+    step_dir = folder / "step1"
+    (step_dir / CAM_DIR).mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    scenes = []
-    for index in range(count):
-        drawn = draw_image(designs, config, rng)
-        truth = np.where(drawn.mask == IGNORE_INDEX, 0, drawn.mask)
-        blocks = truth[BLOCK // 2 :: BLOCK, BLOCK // 2 :: BLOCK].copy()
-        switched = rng.random(blocks.shape) < BLOCK_SWITCH_RATE
-        blocks[switched] = rng.choice(np.unique(truth), size=int(switched.sum()))
-        blocky = np.kron(blocks, np.ones((BLOCK, BLOCK), dtype=blocks.dtype))[:size, :size]
-        logits = rng.normal(0.0, LOGIT_NOISE, (n_labels, size, size)).astype(np.float32)
-        logits += LOGIT_GAIN * (np.arange(n_labels)[:, None, None] == blocky)
-        probs = np.exp(logits - logits.max(axis=0))
-        probs /= probs.sum(axis=0)
-        scenes.append({"id": index, "image": drawn.image, "probs": probs, "truth": truth})
-    return scenes
+    for row in refined:
+        truth = read_mask(info.root / row.mask)
+        classes = [info.classes.index(label) for label in row.labels]
+        maps = noisy_cams(truth, classes, config.cam_stride, rng)
+        saved = {"cams": maps, "classes": np.array(classes, np.int32), "top_score": 1.0}
+        if row.split in SCORED_SPLITS:
+            saved.update(predicted_cams=maps, predicted_classes=saved["classes"])
+        step1_cams.write_cams(step_dir / CAM_DIR, row.id, saved)
+    return CrfInputs(info, refined, step_dir, config)
 
 
-def fastest_pass(label: str, run_pass: Callable[[], None], images: int, repeats: int) -> float:
-    """Images per second of the fastest of `repeats` calls of `run_pass`."""
-    best = float("inf")
+def manifest_batches(rows: list[ManifestRow]) -> Iterator[dict[str, np.ndarray]]:
+    """`rows` in batches of `CRF_BATCH`, with the columns Ray Data hands `refine_and_score`."""
+    for start in range(0, len(rows), step1_cams.CRF_BATCH):
+        chunk = rows[start : start + step1_cams.CRF_BATCH]
+        yield {
+            "id": np.array([r.id for r in chunk]),
+            "image": np.array([r.image for r in chunk]),
+            "split": np.array([r.split for r in chunk]),
+            "mask": np.array([r.mask for r in chunk], dtype=object),
+        }
+
+
+def loop_totals(inputs: CrfInputs, rows: list[ManifestRow]) -> dict[str, ConfusionMatrix]:
+    """`refine_and_score` over `rows` in this process, summed."""
+    refined = (
+        step1_cams.refine_and_score(
+            batch,
+            str(inputs.info.root),
+            len(inputs.info.classes),
+            inputs.config,
+            str(inputs.step_dir),
+        )
+        for batch in manifest_batches(rows)
+    )
+    return sum_confusions(refined, inputs.columns, len(inputs.info.classes))
+
+
+def fastest_pass(
+    label: str, run_pass: Callable[[], dict[str, ConfusionMatrix]], images: int, repeats: int
+) -> tuple[float, dict[str, ConfusionMatrix]]:
+    """(images per second of the fastest of `repeats` calls of `run_pass`, its last totals)."""
+    best, totals = float("inf"), {}
     for attempt in range(1, repeats + 1):
         load = os.getloadavg()[0]
         start = time.perf_counter()
-        run_pass()
+        totals = run_pass()
         elapsed = time.perf_counter() - start
         best = min(best, elapsed)
         print(f"  {label} pass {attempt}/{repeats}: {elapsed:.2f} s (load average {load:.1f})")
-    return images / best
+    return images / best, totals
 
 
-def refine(scene: dict[str, Any], config: CRFConfig, argmax: bool) -> np.ndarray:
-    """What every variant makes of one scene: its label map, or its marginals."""
-    marginals = refine_probabilities(scene["image"], scene["probs"], config)
-    return marginals.argmax(axis=0).astype(np.uint8) if argmax else marginals
+def bench_loop(inputs: CrfInputs, repeats: int) -> tuple[float, dict[str, ConfusionMatrix]]:
+    loop_totals(inputs, inputs.rows[: step1_cams.CRF_BATCH])
+    return fastest_pass("loop", lambda: loop_totals(inputs, inputs.rows), len(inputs.rows), repeats)
 
 
-def bench_loop(
-    scenes: list[dict[str, Any]], config: CRFConfig, argmax: bool, repeats: int
-) -> float:
-    """Images per second of a plain loop over `refine_probabilities`."""
-    refined = [refine(scenes[0], config, argmax)]
-    before = np.mean([(s["probs"].argmax(axis=0) == s["truth"]).mean() for s in scenes])
-    print(f"  pixel accuracy of the unaries {before:.3f}")
-
-    def run_pass() -> None:
-        refined[:] = [refine(s, config, argmax) for s in scenes]
-
-    images_per_s = fastest_pass("loop", run_pass, len(scenes), repeats)
-    labels = [r if argmax else r.argmax(axis=0) for r in refined]
-    after = np.mean([(r == s["truth"]).mean() for r, s in zip(labels, scenes, strict=True)])
-    print(f"  pixel accuracy after the CRF {after:.3f}")
-    return images_per_s
+def _part_totals(inputs: CrfInputs, start: int, stop: int) -> dict[str, ConfusionMatrix]:
+    return loop_totals(inputs, inputs.rows[start:stop])
 
 
-_FORKED_SCENES: list[dict[str, Any]] = []  # inherited by forked processes, never pickled
-
-
-def _refine_forked(start: int, stop: int, config: CRFConfig) -> list[np.ndarray]:
-    return [refine(scene, config, argmax=True) for scene in _FORKED_SCENES[start:stop]]
-
-
-def bench_two_processes(scenes: list[dict[str, Any]], config: CRFConfig, repeats: int) -> float:
-    """Images per second of two forked processes, each looping over half the scenes."""
-    _FORKED_SCENES[:] = scenes
-    half = len(scenes) // 2
-    context = multiprocessing.get_context("fork")
+def bench_two_processes(
+    inputs: CrfInputs, repeats: int
+) -> tuple[float, dict[str, ConfusionMatrix]]:
+    """Two processes, each looping over half the batches. They are spawned, not forked: a
+    process forked after this one ran PyTorch's OpenMP threads can hang in them."""
+    batches = -(-len(inputs.rows) // step1_cams.CRF_BATCH)
+    half = (batches + 1) // 2 * step1_cams.CRF_BATCH
+    context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
-        list(pool.map(_refine_forked, [0, 1], [1, 2], [config, config]))
+        list(pool.map(_part_totals, [inputs, inputs], [0, half], [1, half + 1]))
 
-        def run_pass() -> None:
-            list(pool.map(_refine_forked, [0, half], [half, len(scenes)], [config, config]))
+        def run_pass() -> dict[str, ConfusionMatrix]:
+            parts = [(0, half), (half, len(inputs.rows))]
+            first, second = pool.map(_part_totals, [inputs, inputs], *zip(*parts, strict=True))
+            for column, matrix in first.items():
+                matrix.counts += second[column].counts
+            return first
 
-        return fastest_pass("two processes", run_pass, len(scenes), repeats)
+        return fastest_pass("two processes", run_pass, len(inputs.rows), repeats)
 
 
 def bench_ray(
-    scenes: list[dict[str, Any]],
-    config: CRFConfig,
-    argmax: bool,
-    num_cpus: int,
-    batch_size: int,
-    repeats: int,
-) -> float:
-    """Images per second of `refine_dataset` (`batch_size` images and 1 CPU per task) on a fresh
-    local Ray instance with `num_cpus` CPUs."""
-    inputs_bytes = sum(s["image"].nbytes + s["probs"].nbytes for s in scenes)
+    inputs: CrfInputs, num_cpus: int, repeats: int
+) -> tuple[float, dict[str, ConfusionMatrix]]:
+    """`crf_stage` summed by `total_confusions` on a fresh local Ray instance of `num_cpus`."""
     ray.init(
         address="local",
         num_cpus=num_cpus,
         _node_ip_address="127.0.0.2",
         include_dashboard=False,
-        # Inputs plus one pass of outputs live in the object store, with room to spare.
-        object_store_memory=max(4 * inputs_bytes, 512 * 1024**2),
+        object_store_memory=512 * 1024**2,
         log_to_driver=False,
     )
-    label = f"ray {num_cpus} cpu"
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
-        rows = [{key: s[key] for key in ("id", "image", "probs")} for s in scenes]
-        start = time.perf_counter()
-        blocks = -(-len(rows) // batch_size)
-        dataset = ray.data.from_items(rows, override_num_blocks=blocks).materialize()
-        print(f"  {label}: inputs put in the object store in {time.perf_counter() - start:.2f} s")
-        refine_dataset(
-            dataset.limit(2 * num_cpus), config, argmax=argmax, batch_size=1
-        ).materialize()
-        refined: list[ray.data.MaterializedDataset] = []
+        classes = len(inputs.info.classes)
 
-        def run_pass() -> None:
-            refined.clear()  # frees the previous pass's outputs in the object store
-            refined.append(
-                refine_dataset(dataset, config, argmax=argmax, batch_size=batch_size).materialize()
-            )
+        def run(rows: list[ManifestRow]) -> dict[str, ConfusionMatrix]:
+            stage = step1_cams.crf_stage(rows, inputs.info, inputs.config, inputs.step_dir)
+            return total_confusions(stage, inputs.columns, classes)
 
-        images_per_s = fastest_pass(label, run_pass, len(scenes), repeats)
-        print(f"  {label}: {refined[0].sum('crf_failed') or 0} failed images in the last pass")
-        return images_per_s
+        run(inputs.rows[: step1_cams.CRF_BATCH * num_cpus])
+        label = f"ray {num_cpus} cpu"
+        return fastest_pass(label, lambda: run(inputs.rows), len(inputs.rows), repeats)
     finally:
         ray.shutdown()
 
 
+def same(a: dict[str, ConfusionMatrix], b: dict[str, ConfusionMatrix]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k].counts, b[k].counts) for k in a)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--images", type=int, default=64, help="number of images")
+    parser.add_argument("--images", type=int, default=64, help="images in the data set")
     parser.add_argument("--size", type=int, default=320, help="image side, pixels")
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=16,
-        help="images per Ray task; a task should run for seconds to hide Ray's per-task cost",
-    )
-    parser.add_argument(
-        "--output",
-        choices=("argmax", "marginals"),
-        default="argmax",
-        help="what every variant returns per image: the refined label map, or the float32 "
-        "marginals",
-    )
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per variant")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    config = CRFConfig()
-    print(f"drawing {args.images} scenes of {args.size}x{args.size}, 21 labels")
-    scenes = make_scenes(args.images, args.size, args.seed)
-
-    print("(a) plain loop")
-    argmax = args.output == "argmax"
-    loop = bench_loop(scenes, config, argmax, args.repeats)
-    print("(b) Ray Data, 1 CPU")
-    ray_1cpu = bench_ray(scenes, config, argmax, 1, args.batch_size, args.repeats)
-    print("(c) Ray Data, 2 CPUs")
-    ray_2cpu = bench_ray(scenes, config, argmax, 2, args.batch_size, args.repeats)
-    print("(d) two plain processes (label maps)")
-    two_processes = bench_two_processes(scenes, config, args.repeats)
+    with tempfile.TemporaryDirectory(prefix="wsss-crf-bench-") as folder:
+        print(f"drawing {args.images} images of {args.size} px and their CAMs")
+        inputs = prepare_inputs(Path(folder), args.images, args.size, args.seed)
+        print(f"(a) plain loop over {len(inputs.rows)} images")
+        loop, loop_scores = bench_loop(inputs, args.repeats)
+        print("(b) Ray Data, 1 CPU")
+        ray_1cpu, ray_1cpu_scores = bench_ray(inputs, 1, args.repeats)
+        print("(c) Ray Data, 2 CPUs")
+        ray_2cpu, ray_2cpu_scores = bench_ray(inputs, 2, args.repeats)
+        print("(d) two plain processes")
+        two_processes, two_process_scores = bench_two_processes(inputs, args.repeats)
 
     result = {
+        "images": len(inputs.rows),
+        "size": args.size,
         "loop_img_s": round(loop, 3),
         "ray_1cpu_img_s": round(ray_1cpu, 3),
         "ray_2cpu_img_s": round(ray_2cpu, 3),
-        "speedup_2cpu_vs_loop": round(ray_2cpu / loop, 3),
-        "overhead_1cpu_vs_loop": round(loop / ray_1cpu, 3),
         "two_processes_img_s": round(two_processes, 3),
+        "overhead_1cpu_vs_loop": round(loop / ray_1cpu, 3),
+        "speedup_2cpu_vs_loop": round(ray_2cpu / loop, 3),
         "speedup_two_processes_vs_loop": round(two_processes / loop, 3),
+        "ray_2cpu_vs_two_processes": round(ray_2cpu / two_processes, 3),
+        "same_scores": all(
+            same(loop_scores, other)
+            for other in (ray_1cpu_scores, ray_2cpu_scores, two_process_scores)
+        ),
     }
     print(json.dumps(result))
 

@@ -9,7 +9,7 @@ from sklearn.metrics import (
     jaccard_score,
 )
 
-from wsss.platform.metrics import ConfusionMatrix
+from wsss.stages.metrics import ConfusionMatrix
 
 # Four classes: class 2 is predicted but absent from the ground truth, class 3 appears nowhere.
 # The last two pixels are ignored, so their predictions (3 and the out-of-range 9) do not count.

@@ -25,15 +25,15 @@ from wsss.platform import run as run_module
 from wsss.platform.datasets.images import read_mask, read_rgb
 from wsss.platform.datasets.manifest import ORACLE_MASK_DIR, load_dataset
 from wsss.platform.datasets.synthetic.writing import AWKWARD_KINDS, EXIF_ORIENTATION, awkward_kind
-from wsss.platform.metrics import ConfusionMatrix
 from wsss.platform.report import REPORT_FILE, format_table2, log_step, table2
 from wsss.platform.run import _data_key, _step1, run_pipeline, steps_made_from
-from wsss.platform.runners.cams import CamExtractor, cam_masks
+from wsss.platform.runners.cams import CAM_METRICS, CamExtractor, cam_masks
 from wsss.platform.runners.classifier import load_classifier
-from wsss.platform.runners.outputs import SEGMENTER_FILE
+from wsss.platform.runners.outputs import CAM_MASK_DIRS, SEGMENTER_FILE
 from wsss.platform.runners.segmentation import Segmenter
 from wsss.platform.store import StepStore
 from wsss.platform.training import EXIT_AFTER_CHECKPOINT_ENV
+from wsss.stages.metrics import ConfusionMatrix
 from wsss.stages.normalise import to_model_input
 
 STEPS = (
@@ -160,6 +160,32 @@ def test_predicted_label_rows_draw_steps_1_and_2_from_the_classes_the_classifier
         assert drawn == pytest.approx(matrix.summary(info.classes)["miou"])
         assert drawn != report["steps"][name]["miou"]
     assert report["steps"]["irnet_predicted"]["miou"] != report["steps"]["irnet"]["miou"]
+
+
+def test_step1_keeps_the_val_and_test_masks_it_scored(smoke_run, smoke_config):
+    """The CAM and CAM+CRF masks step 1 keeps of the val and test images (the panels read
+    them) are those its CAM files give with the images' labels, and make the report's rows."""
+    runs_dir, report = smoke_run
+    step1 = runs_dir / "smoke" / "step1"
+    info, rows = load_dataset(next((runs_dir / "datasets").iterdir()))
+    for split, scores in (("val", report["steps"]), ("test", report["test_steps"])):
+        matrices = {name: ConfusionMatrix(len(info.classes)) for name in CAM_METRICS}
+        for row in [r for r in rows if r.split == split and r.mask is not None]:
+            truth = read_mask(info.root / row.mask)
+            for name, matrix in matrices.items():
+                matrix.update(read_mask(step1 / CAM_MASK_DIRS[name] / f"{row.id}.png"), truth)
+        for name, matrix in matrices.items():
+            assert scores[name]["miou"] == pytest.approx(matrix.summary(info.classes)["miou"])
+    row = next(r for r in rows if r.split == "val")
+    expected = cam_masks(
+        read_rgb(info.root / row.image), row.id, step1 / "cams", smoke_config.step1
+    )
+    for name, mask in zip(CAM_METRICS, expected, strict=True):
+        np.testing.assert_array_equal(
+            read_mask(step1 / CAM_MASK_DIRS[name] / f"{row.id}.png"), mask
+        )
+    train_ids = {r.id for r in rows if r.split == "train"}
+    assert not train_ids & {p.stem for p in (step1 / CAM_MASK_DIRS["cam"]).iterdir()}
 
 
 def test_segmenter_learns_the_pseudo_masks_it_was_trained_on(smoke_run):

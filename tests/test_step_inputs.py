@@ -11,7 +11,6 @@ import torch
 
 from wsss.platform.config import ConfigError, RayConfig
 from wsss.platform.datasets.manifest import ManifestRow
-from wsss.platform.metrics import ConfusionMatrix
 from wsss.platform.runners import (
     CamFileError,
     StepInputError,
@@ -23,6 +22,7 @@ from wsss.platform.runners import (
     scored_splits,
     summaries_by_split,
 )
+from wsss.stages.metrics import ConfusionMatrix
 
 
 def test_present_inputs_pass(tmp_path: Path):

@@ -107,11 +107,13 @@ def panels(
     panels = []
     for row in [r for r in rows if r.split == "val" and r.mask is not None][:PANEL_IMAGES]:
         image = read_rgb(info.root / row.image)
-        cam, cam_crf = cams.cam_masks(image, row.id, outputs.step1.cam_dir, config.step1)
-        irnet_mask = read_mask(outputs.step2.pseudo_mask_dir / f"{row.id}.png")
+        saved = [
+            *(outputs.step1.mask_dir(name) for name in cams.CAM_METRICS),
+            outputs.step2.pseudo_mask_dir,
+        ]
         predicted = segmenter.labels(image, config.step3.test_time_augmentation)
         truth = read_mask(info.root / row.mask)
-        masks = [cam, cam_crf, irnet_mask, predicted, truth]
+        masks = [*(read_mask(folder / f"{row.id}.png") for folder in saved), predicted, truth]
         panels.append((row.id, side_by_side(image, *(colorize(m) for m in masks))))
     return panels
 

@@ -273,6 +273,20 @@ def _step2(
     }
 
 
+def _step3(
+    config: WsssConfig,
+    info: DatasetInfo,
+    rows: list[ManifestRow],
+    step1: Step1Output,
+    step2: Step2Output,
+    folder: Path,
+) -> dict:
+    """DeepLabV3+ trained on step 2's pseudo masks, its encoder started from step 1's
+    classifier where `step3.encoder_from` says so. Unlike steps 1 and 2 it has no inference
+    setting to redraw, so its training is the step and is cached as the step."""
+    return segmentation.train_segmenter(config, info, rows, step2.pseudo_mask_dir, step1, folder)
+
+
 def _link_folder(link: Path, folder: Path) -> None:
     """`link` (in a run folder) pointing at `folder`, replacing an earlier run's link: what the
     run used, and what `wsss cache gc` keeps."""
@@ -351,12 +365,12 @@ def run_pipeline(
                 store,
                 made_from["step2"]["step1"],
             ),
-            "step3": lambda folder: segmentation.train_segmenter(
+            "step3": lambda folder: _step3(
                 config,
                 info,
                 rows,
-                Step2Output.of(folders["step2"], summaries["step2"]).pseudo_mask_dir,
                 Step1Output.of(folders["step1"], summaries["step1"]),
+                Step2Output.of(folders["step2"], summaries["step2"]),
                 folder,
             ),
         }

@@ -47,7 +47,7 @@ PARTIAL_SUFFIX = ".partial"
 DEFAULT_LEASE_S = 60.0
 # Part of every key: raised whenever the code makes different outputs from the same settings,
 # so that no folder written by older code is reused.
-STORE_VERSION = 3
+STORE_VERSION = 4
 
 
 def _age(path: Path) -> float | None:

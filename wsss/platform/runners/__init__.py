@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,9 +23,9 @@ import torch
 from wsss.platform.config import ConfigError, RayConfig
 from wsss.platform.console import Progress
 from wsss.platform.datasets.manifest import ManifestRow
-from wsss.platform.metrics import ConfusionMatrix
 from wsss.platform.model_file import ModelFileError, load_model, load_model_file
 from wsss.platform.training import MIN_TRAIN_BATCH
+from wsss.stages.metrics import ConfusionMatrix
 
 # Splits with pixel ground truth that every step is scored on: val is the paper's column (step
 # 3 picks its epoch there), test is scored alongside where the data set has its masks.
@@ -140,7 +140,7 @@ def load_for_inference(
 def remove_this_node_once() -> None:
     """The `REMOVE_NODE_ENV` fault, for a task on the node it names."""
     address, _, marker = os.environ.get(REMOVE_NODE_ENV, "").partition(":")
-    if address != ray.util.get_node_ip_address():
+    if not address or address != ray.util.get_node_ip_address():
         return
     try:
         descriptor = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -234,13 +234,25 @@ def total_confusions(
     num_classes: int,
     progress: Progress | None = None,
 ) -> dict[str, ConfusionMatrix]:
-    """Sum per-batch confusion matrices (flattened [1, K*K] rows in `columns`) over a dataset.
+    """`sum_confusions` over a scoring pass's dataset, batch by batch as its tasks finish.
 
     Scoring tasks return their batch's counts instead of per-pixel predictions, so only
-    K*K numbers per batch travel to the driver; their `IMAGES_COLUMN` advances `progress`.
+    K*K numbers per batch travel to the driver.
     """
+    batches = dataset.iter_batches(batch_format="numpy", batch_size=None)
+    return sum_confusions(batches, columns, num_classes, progress)
+
+
+def sum_confusions(
+    batches: Iterable[Mapping[str, np.ndarray]],
+    columns: list[str],
+    num_classes: int,
+    progress: Progress | None = None,
+) -> dict[str, ConfusionMatrix]:
+    """Sum scoring batches (`confusion_batch` outputs: flattened [n, K*K] rows in `columns`)
+    into one confusion matrix per column; their `IMAGES_COLUMN` advances `progress`."""
     totals = {column: ConfusionMatrix(num_classes) for column in columns}
-    for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
+    for batch in batches:
         for column, matrix in totals.items():
             matrix.counts += batch[column].sum(axis=0).reshape(matrix.counts.shape)
         if progress is not None:

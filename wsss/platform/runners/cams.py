@@ -5,16 +5,19 @@ CAM and CAM+CRF against the true masks (paper 3.1, Table 2 row 1).
 Artifacts in the step folder: `cams/<id>.npz` (float16 CAMs at `cam_stride` for the kept
 classes, their dataset class indices, the classifier's top score; for val and test images also
 those of the classes the classifiers predict), `ir_labels/<id>.png` (train images; 0
-background, class index, 255 unsure).
+background, class index, 255 unsure), `cam_masks/<id>.png` and `cam_crf_masks/<id>.png` (val
+and test images with a mask: their CAM and CAM+CRF masks from their given labels).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray.data
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +26,6 @@ from wsss.platform.console import Progress
 from wsss.platform.datasets.images import read_mask, read_rgb, write_palette_png
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow, with_oracle_masks
 from wsss.platform.loaders.batches import rows_dataset
-from wsss.platform.metrics import ConfusionMatrix
 from wsss.platform.runners import (
     MASK_SCORED_SPLITS,
     PREDICTED_SUFFIX,
@@ -41,13 +43,16 @@ from wsss.platform.runners import (
     total_confusions,
 )
 from wsss.platform.runners.classifier import load_classifier
-from wsss.platform.runners.outputs import CAM_DIR, IR_LABEL_DIR
+from wsss.platform.runners.outputs import CAM_DIR, CAM_MASK_DIRS, IR_LABEL_DIR
 from wsss.stages.classification import cam
 from wsss.stages.classification.crf import label_refiner
 from wsss.stages.classification.selection import CamSource, cam_classes
+from wsss.stages.metrics import ConfusionMatrix
 from wsss.stages.normalise import to_model_input
 
 CAM_METRICS = ("cam", "cam_crf")
+# Images per dense-CRF task: enough that Ray's cost per task is small beside the CRF's.
+CRF_BATCH = 8
 
 
 class CamExtractor:
@@ -97,9 +102,7 @@ class CamExtractor:
         if split in SCORED_SPLITS:
             saved["predicted_cams"] = cams_of(predicted)
             saved["predicted_classes"] = _class_indices(predicted)
-        temporary = self.cam_dir / f".{image_id}.tmp.npz"
-        np.savez(temporary, **saved)
-        temporary.replace(self.cam_dir / f"{image_id}.npz")
+        write_cams(self.cam_dir, image_id, saved)
         return top
 
     def _cams(
@@ -139,6 +142,14 @@ class CamExtractor:
         return {"id": batch["id"], "split": batch["split"], "top_score": np.array(tops, np.float32)}
 
 
+def write_cams(cam_dir: Path, image_id: str, saved: dict[str, Any]) -> None:
+    """One image's CAM file, `cam_dir/<id>.npz` with the arrays `read_cams` reads, written
+    whole or not at all (a run killed mid-write leaves no half file)."""
+    temporary = cam_dir / f".{image_id}.tmp.npz"
+    np.savez(temporary, **saved)
+    temporary.replace(cam_dir / f"{image_id}.npz")
+
+
 def _class_indices(sources: list[CamSource]) -> np.ndarray:
     return np.array([source.class_index for source in sources], np.int32)
 
@@ -170,19 +181,24 @@ def refine_and_score(
     root: str,
     num_classes: int,
     config: ClassificationConfig,
-    cam_dir: str,
-    ir_dir: str,
+    step_dir: str,
 ) -> dict[str, np.ndarray]:
-    """Dense-CRF task over CAM files: IR labels for train images; for images with a mask, the
-    confusion matrices (flattened, one column per `scored_columns`) of the CAM and CAM+CRF
-    masks against it, drawn on val and test with the given and with the predicted labels."""
+    """Dense-CRF task over the CAM files in `step_dir`: IR labels for train images; for images
+    with a mask, the confusion matrices (flattened, one column per `scored_columns`) of the CAM
+    and CAM+CRF masks against it, drawn on val and test with the given and with the predicted
+    labels. The masks drawn with the given labels of val and test images are kept (the
+    Figure-2 panels show them)."""
+    cam_dir, ir_label_dir = Path(step_dir) / CAM_DIR, Path(step_dir) / IR_LABEL_DIR
+    mask_dirs = {name: Path(step_dir) / CAM_MASK_DIRS[name] for name in CAM_METRICS}
+    for folder in (ir_label_dir, *mask_dirs.values()):
+        folder.mkdir(exist_ok=True)
     columns = scored_columns(CAM_METRICS, MASK_SCORED_SPLITS)
     matrices = {column: ConfusionMatrix(num_classes) for column in columns}
     rows = zip(batch["id"], batch["image"], batch["split"], batch["mask"], strict=True)
     for image_id, image_path, split, mask in rows:
         image = read_rgb(Path(root) / str(image_path))
         if split == "train":
-            cams, classes = _cams_at_image_size(Path(cam_dir), image_id, image.shape[:2])
+            cams, classes = _cams_at_image_size(cam_dir, image_id, image.shape[:2])
             labels = cam.confident_labels(
                 cams,
                 classes - 1,
@@ -190,18 +206,40 @@ def refine_and_score(
                 config.conf_bg_thres,
                 refine=label_refiner(image, config.crf),
             )
-            write_palette_png(Path(ir_dir) / f"{image_id}.png", labels)
+            write_palette_png(ir_label_dir / f"{image_id}.png", labels)
         if split in MASK_SCORED_SPLITS and isinstance(mask, str):
             truth = read_mask(Path(root) / mask)
             drawn: dict[str, CamLabels] = {"": "given"}
             if split in SCORED_SPLITS:
                 drawn[PREDICTED_SUFFIX] = "predicted"
             for suffix, labels in drawn.items():
-                masks = cam_masks(image, str(image_id), Path(cam_dir), config, labels)
+                masks = cam_masks(image, str(image_id), cam_dir, config, labels)
                 for name, predicted in zip(CAM_METRICS, masks, strict=True):
                     matrices[f"{name}{suffix}_{split}"].update(predicted, truth)
+                    if split in SCORED_SPLITS and labels == "given":
+                        write_palette_png(mask_dirs[name] / f"{image_id}.png", predicted)
     remove_this_node_once()
     return confusion_batch(matrices, len(batch["id"]))
+
+
+def crf_stage(
+    rows: Sequence[ManifestRow], info: DatasetInfo, config: ClassificationConfig, step_dir: Path
+) -> ray.data.Dataset:
+    """Step 1's dense-CRF stage over `rows` whose CAMs are in `step_dir` (lazy):
+    `refine_and_score` as parallel single-CPU tasks of `CRF_BATCH` images, writing its IR
+    labels and masks to `step_dir`."""
+    return rows_dataset(rows).map_batches(
+        refine_and_score,
+        fn_kwargs={
+            "root": str(info.root),
+            "num_classes": len(info.classes),
+            "config": config,
+            "step_dir": str(step_dir),
+        },
+        batch_size=CRF_BATCH,
+        batch_format="numpy",
+        num_cpus=1,
+    )
 
 
 def extract_cams(
@@ -221,9 +259,8 @@ def extract_cams(
     confidence filter.
     """
     require_inputs("step 1's CAM extraction", {f"the model {f.name}": f for f in model_files})
-    cam_dir, ir_dir = step_dir / CAM_DIR, step_dir / IR_LABEL_DIR
+    cam_dir = step_dir / CAM_DIR
     cam_dir.mkdir(parents=True, exist_ok=True)
-    ir_dir.mkdir(parents=True, exist_ok=True)
     splits = scored_splits(rows)
     wanted = [
         r for r in with_oracle_masks(rows, info.root) if r.split == "train" or r.split in splits
@@ -251,22 +288,9 @@ def extract_cams(
                 train_top_scores[str(image_id)] = float(top)
         progress.update(len(batch["id"]))
     progress.finish()
-    scored = rows_dataset(wanted).map_batches(
-        refine_and_score,
-        fn_kwargs={
-            "root": str(info.root),
-            "num_classes": len(info.classes),
-            "config": config.step1,
-            "cam_dir": str(cam_dir),
-            "ir_dir": str(ir_dir),
-        },
-        batch_size=8,
-        batch_format="numpy",
-        num_cpus=1,
-    )
     mask_splits = scored_splits(wanted, MASK_SCORED_SPLITS)
     totals = total_confusions(
-        scored,
+        crf_stage(wanted, info, config.step1, step_dir),
         scored_columns(CAM_METRICS, mask_splits),
         len(info.classes),
         Progress("[step1] dense CRF", len(wanted)),

@@ -9,6 +9,7 @@ its outputs and its thresholds.
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def _target_rows(
     if binary_class is None:
         return rows
     return [
-        ManifestRow(r.id, r.image, r.split, (binary_class,) if target else (), r.mask)
+        replace(r, labels=(binary_class,) if target else ())
         for r, target in binary_task_rows(rows, binary_class)
     ]
 

@@ -12,6 +12,7 @@ and test a second random walk from the CAMs of the predicted classes is scored b
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,6 @@ from wsss.platform.console import Progress
 from wsss.platform.datasets.images import read_mask, read_rgb, write_palette_png
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow, with_oracle_masks
 from wsss.platform.loaders.batches import rows_dataset
-from wsss.platform.metrics import ConfusionMatrix
 from wsss.platform.model_file import load_model_file, save_model_file
 from wsss.platform.runners import (
     MASK_SCORED_SPLITS,
@@ -47,6 +47,7 @@ from wsss.stages.classification.selection import confident_images
 from wsss.stages.irnet.losses import loss_on_ir_labels
 from wsss.stages.irnet.model import IRNet, infer_boundary
 from wsss.stages.irnet.pseudo_masks import propagate_to_mask
+from wsss.stages.metrics import ConfusionMatrix
 from wsss.stages.normalise import to_model_input
 
 # The pseudo masks' metric name (Table 2's step-2 row).
@@ -110,7 +111,7 @@ def train_irnet(
     require_inputs("step 2's IRNet training", inputs)
     confident = set(confident_images(step1.train_top_scores, step2.min_confidence))
     train_rows = [
-        ManifestRow(r.id, r.image, r.split, r.labels, str(ir_label_dir / f"{r.id}.png"))
+        replace(r, mask=str(ir_label_dir / f"{r.id}.png"))
         for r in rows
         if r.split == "train" and r.id in confident
     ]

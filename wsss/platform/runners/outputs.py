@@ -16,6 +16,8 @@ PIPELINE_STEPS = ("step1", "step2", "step3")
 CLASSIFIER_FILE = "classifier.pt"
 CAM_DIR = "cams"
 IR_LABEL_DIR = "ir_labels"
+# Step 1's masks of the val and test images, drawn with their given labels, by Table 2 row.
+CAM_MASK_DIRS = {"cam": "cam_masks", "cam_crf": "cam_crf_masks"}
 IRNET_FILE = "irnet.pt"
 PSEUDO_MASK_DIR = "pseudo_masks"
 SEGMENTER_FILE = "segmenter.pt"
@@ -25,8 +27,9 @@ SEGMENTER_FILE = "segmenter.pt"
 class Step1Output:
     """Step 1: the classifier (`classifier.pt`, and `binary_<class>.pt` where merged), each
     image's CAMs (`cams/<id>.npz`), the train images' confident labels for IRNet
-    (`ir_labels/<id>.png`), and the classifier's highest class score per train image (step
-    2's confidence filter)."""
+    (`ir_labels/<id>.png`), the CAM and CAM+CRF masks of the val and test images
+    (`cam_masks/<id>.png`, `cam_crf_masks/<id>.png`), and the classifier's highest class
+    score per train image (step 2's confidence filter)."""
 
     folder: Path
     train_top_scores: dict[str, float]
@@ -46,6 +49,10 @@ class Step1Output:
     @property
     def ir_label_dir(self) -> Path:
         return self.folder / IR_LABEL_DIR
+
+    def mask_dir(self, row: str) -> Path:
+        """The folder of the masks of Table 2's `row` ("cam" or "cam_crf")."""
+        return self.folder / CAM_MASK_DIRS[row]
 
 
 @dataclass(frozen=True)

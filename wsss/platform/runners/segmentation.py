@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,6 @@ from wsss.platform.console import Progress
 from wsss.platform.datasets.images import ImageError, read_mask, read_rgb, write_palette_png
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
 from wsss.platform.loaders.batches import rows_dataset
-from wsss.platform.metrics import ConfusionMatrix
 from wsss.platform.model_file import load_model_file, save_model_file
 from wsss.platform.runners import (
     SCORED_SPLITS,
@@ -36,6 +36,7 @@ from wsss.platform.runners import (
 )
 from wsss.platform.runners.outputs import SEGMENTER_FILE, Step1Output, Step3Output
 from wsss.platform.training import TrainTask, epoch_data, fit
+from wsss.stages.metrics import ConfusionMatrix
 from wsss.stages.normalise import to_model_input
 from wsss.stages.segmentation.losses import segmentation_loss
 from wsss.stages.segmentation.model import create_segmentation_model, load_classifier_encoder
@@ -111,7 +112,7 @@ def train_segmenter(
     require_inputs("step 3's DeepLabV3+ training", inputs)
     num_classes = len(info.classes)
     train_rows = [
-        ManifestRow(r.id, r.image, r.split, r.labels, str(mask_dir / f"{r.id}.png"))
+        replace(r, mask=str(mask_dir / f"{r.id}.png"))
         for r in rows
         if r.split == "train" and (mask_dir / f"{r.id}.png").is_file()
     ]

@@ -1,11 +1,7 @@
 """Dense CRF (pydensecrf): the fully connected CRF of Krähenbühl & Koltun with a Gaussian
-(smoothness) and a bilateral (appearance) pairwise term.
-
-- `refine_probabilities`: unary = -log(probabilities), as PSA's `crf_inference`; returns the
-  mean-field marginals Q.
-- `refine_labels`: unary from a hard label map trusted with probability `gt_prob`, as IRNet's
-  `crf_inference_label`; returns argmax Q. `label_refiner` hands it to `cam.confident_labels`
-  and `cam.cam_masks` for one image.
+(smoothness) and a bilateral (appearance) pairwise term, on a hard label map as IRNet's
+`crf_inference_label`: each label trusted with probability `gt_prob`; the result is argmax Q.
+`label_refiner` hands it to `cam.confident_labels` and `cam.cam_masks` for one image.
 """
 
 from __future__ import annotations
@@ -14,7 +10,7 @@ from typing import Protocol
 
 import numpy as np
 import pydensecrf.densecrf as dcrf
-from pydensecrf.utils import unary_from_labels, unary_from_softmax
+from pydensecrf.utils import unary_from_labels
 
 from wsss.stages.classification.cam import LabelRefiner
 
@@ -30,40 +26,6 @@ class CRFParams(Protocol):
     bilateral_srgb: float
     bilateral_compat: float
     gt_prob: float
-
-
-def refine_probabilities(image: np.ndarray, probs: np.ndarray, config: CRFParams) -> np.ndarray:
-    """Refine per-pixel class probabilities with a dense CRF.
-
-    Args:
-        image: uint8 [H, W, 3], RGB.
-        probs: float [C, H, W], finite and >= 0, summing to 1 over C. Values are clipped to
-            at least 1e-5 before taking the log, so zeros are allowed.
-        config: pairwise weights/widths and the number of mean-field iterations.
-
-    Returns:
-        float32 [C, H, W]: the CRF marginals, in [0, 1] and summing to 1 over C.
-
-    Raises:
-        ValueError: wrong dtype or shape, shapes that do not match, or non-finite/negative
-            probabilities.
-    """
-    image = _checked_image(image)
-    probs = np.asarray(probs)
-    if probs.ndim != 3 or probs.shape[1:] != image.shape[:2]:
-        raise ValueError(
-            f"probs must be [C, H, W] with H, W = {image.shape[:2]} of the image, "
-            f"got shape {probs.shape}"
-        )
-    if not np.issubdtype(probs.dtype, np.floating):
-        raise ValueError(f"probs must be floating point, got dtype {probs.dtype}")
-    if not np.isfinite(probs).all():
-        raise ValueError("probs hold NaN or infinite values")
-    if (probs < 0).any():
-        raise ValueError(f"probs must be >= 0, found a minimum of {probs.min()}")
-    n_labels, height, width = probs.shape
-    unary = np.ascontiguousarray(unary_from_softmax(probs))
-    return _mean_field(image, unary, n_labels, config).reshape(n_labels, height, width)
 
 
 def refine_labels(
