@@ -8,13 +8,23 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import ray.cloudpickle
 import ray.data
 import torch
 from torch import nn
 
 from wsss.platform.config import RayConfig
-from wsss.platform.training import EpochData, TrainTask, fit, registered_epoch
+from wsss.platform.training import (
+    EpochData,
+    TrainTask,
+    evaluate,
+    fit,
+    make_optimizer,
+    make_scheduler,
+    registered_epoch,
+    train_step,
+)
 
 ROWS = 128
 
@@ -109,6 +119,58 @@ def test_epoch_data_without_shuffle_deals_every_item_in_order() -> None:
     data = EpochData(list("abcde"), _from_items, seed=3, shuffle=False)
     assert data.worker_items(0, 0, 2) == ["a", "c", "e"]
     assert data.worker_items(7, 1, 2) == ["b", "d"]
+
+
+def _square_of_output(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return (model(batch["x"]) ** 2).mean()
+
+
+def _quarter_lr(model: nn.Module) -> list[dict]:
+    return [{"params": model.parameters(), "lr": 0.25}]
+
+
+def test_a_train_step_takes_one_optimizer_step_and_the_schedule_stops_at_its_end() -> None:
+    task = TrainTask(
+        name="scalar",
+        build_model=functools.partial(nn.Linear, 1, 1, bias=False),
+        param_groups=_quarter_lr,
+        batch_loss=_square_of_output,
+        train_data=EpochData([], _from_items, seed=0),
+        epochs=1,
+        batch_size=1,
+        momentum=0.0,
+        poly_power=1.0,
+    )
+    model = task.build_model()
+    nn.init.constant_(model.weight, 1.0)
+    optimizer = make_optimizer(task, model)
+    scheduler = make_scheduler(task, optimizer, total_steps=2)
+    batch = {"x": torch.ones(1, 1)}
+    # loss w^2, gradient 2w: w 1 -> 1 - 0.25 * 2 = 0.5; the poly schedule halves the rate.
+    assert train_step(task, model, batch, optimizer, scheduler, 2) == 1.0
+    assert model.weight.item() == 0.5 and optimizer.param_groups[0]["lr"] == 0.125
+    # w 0.5 -> 0.5 - 0.125 * 1 = 0.375; the rate reaches 0 at the schedule's end ...
+    assert train_step(task, model, batch, optimizer, scheduler, 2) == 0.25
+    assert model.weight.item() == 0.375 and optimizer.param_groups[0]["lr"] == 0.0
+    # ... and stays there: no step past `total_steps` (PolynomialLR would raise it again).
+    assert train_step(task, model, batch, optimizer, scheduler, 2) == 0.140625
+    assert model.weight.item() == 0.375 and scheduler.last_epoch == 2
+
+
+def test_evaluate_scores_every_batch_in_eval_mode_and_summarises_them_once() -> None:
+    task = _task(_mse, epochs=1)
+    model = task.build_model()
+    nn.init.zeros_(model.weight), nn.init.zeros_(model.bias)
+    batches = [
+        {"x": torch.ones(2, 3), "y": torch.tensor([1.0, 2.0])},
+        {"x": torch.ones(1, 3), "y": torch.tensor([3.0])},
+    ]
+    metrics, extras = evaluate(task, model, batches)
+    # A zero model's squared errors are y^2: (1 + 4 + 9) / 3.
+    assert metrics == {"neg_mse": pytest.approx(-14 / 3), "count": 3.0} and extras == {}
+    assert not model.training
+    no_eval = TrainTask("toy", _linear, _groups, _mse, task.train_data, epochs=1, batch_size=2)
+    assert evaluate(no_eval, model, batches) == ({}, {})
 
 
 def test_training_lowers_the_loss_and_evaluates_every_val_row(ray_cluster, tmp_path: Path):

@@ -27,7 +27,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -162,11 +162,23 @@ class TrainOutput:
     history: list[dict[str, Any]]
 
 
-def _optimizer(task: TrainTask, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(task: TrainTask, model: nn.Module) -> torch.optim.Optimizer:
+    """`task`'s optimizer over `model`'s parameter groups."""
     groups = task.param_groups(model)
     if task.optimizer == "adam":
         return torch.optim.Adam(groups, weight_decay=task.weight_decay)
     return torch.optim.SGD(groups, momentum=task.momentum, weight_decay=task.weight_decay)
+
+
+def make_scheduler(
+    task: TrainTask, optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The poly schedule over `total_steps` optimizer steps, or None without `poly_power`."""
+    if task.poly_power is None:
+        return None
+    return torch.optim.lr_scheduler.PolynomialLR(
+        optimizer, total_iters=total_steps, power=task.poly_power
+    )
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -222,15 +234,36 @@ def _in_lockstep(batches: Iterator[dict[str, torch.Tensor]]) -> Iterator[dict[st
         yield batch
 
 
-def _evaluate(
-    task: TrainTask, model: nn.Module, epoch: int
+def train_step(
+    task: TrainTask,
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    total_steps: int,
+) -> float:
+    """One optimizer step of `task` on `batch` (the schedule stops at `total_steps`); the
+    batch's loss."""
+    loss = task.batch_loss(model, batch)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    if scheduler is not None and scheduler.last_epoch < total_steps:
+        scheduler.step()
+    return float(loss.detach())
+
+
+def evaluate(
+    task: TrainTask, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    if task.val_data is None or task.eval_batch is None or task.eval_summary is None:
+    """(metrics, extras) of `task`'s eval functions over `batches` (and every other worker's,
+    under DDP); empty without them."""
+    if task.eval_batch is None or task.eval_summary is None:
         return {}, {}
     model.eval()
     outputs: dict[str, list[np.ndarray]] = {}
     with torch.no_grad():
-        for batch in _batches(task, task.val_data, epoch):
+        for batch in batches:
             for key, value in task.eval_batch(model, batch).items():
                 outputs.setdefault(key, []).append(value)
     summary = task.eval_summary(_gather(outputs))
@@ -264,16 +297,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _quiet_ray_train_file_loggers()
     torch.manual_seed(task.seed)
     model = task.build_model()
-    optimizer = _optimizer(task, model)
+    optimizer = make_optimizer(task, model)
     steps_per_epoch = task.train_data.steps_per_epoch(task.batch_size, context.get_world_size())
     total_steps = max(1, task.epochs * steps_per_epoch)
-    scheduler = (
-        torch.optim.lr_scheduler.PolynomialLR(
-            optimizer, total_iters=total_steps, power=task.poly_power
-        )
-        if task.poly_power is not None
-        else None
-    )
+    scheduler = make_scheduler(task, optimizer, total_steps)
     start_epoch, best_value = 0, -math.inf
     best_state: dict[str, torch.Tensor] | None = None
     best_metrics: dict[str, Any] = {}
@@ -305,20 +332,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # Seeded by epoch, not carried over: a run resumed at this epoch draws the same numbers.
         torch.manual_seed(task.seed * 1_000_003 + epoch)
         model.train()
-        losses = []
-        for batch in _in_lockstep(_batches(task, task.train_data, epoch, MIN_TRAIN_BATCH)):
-            loss = task.batch_loss(model, batch)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None and scheduler.last_epoch < total_steps:
-                scheduler.step()
-            losses.append(float(loss.detach()))
+        losses = [
+            train_step(task, model, batch, optimizer, scheduler, total_steps)
+            for batch in _in_lockstep(_batches(task, task.train_data, epoch, MIN_TRAIN_BATCH))
+        ]
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "loss": float(np.mean(losses)) if losses else math.nan,
         }
-        eval_metrics, extras = _evaluate(task, model, epoch)
+        eval_metrics, extras = ({}, {})
+        if task.val_data is not None:
+            eval_metrics, extras = evaluate(task, model, _batches(task, task.val_data, epoch))
         metrics.update(eval_metrics)
         metrics["epoch_s"] = time.perf_counter() - started
         history.append(metrics)

@@ -79,16 +79,15 @@ def classifier_name(binary_class: str | None = None) -> str:
     return "classifier" if binary_class is None else f"binary_{binary_class}"
 
 
-def train_classifier(
+def classifier_task(
     config: WsssConfig,
     info: DatasetInfo,
     rows: list[ManifestRow],
-    step_dir: Path,
     binary_class: str | None = None,
-) -> TrainOutput:
-    """Train the multi-label classifier (excluded classes removed, classes balanced), or with
-    `binary_class` the one-output classifier for that class, and save it in `step_dir` as
-    `<classifier_name(binary_class)>.pt`."""
+) -> tuple[TrainTask, list[str]]:
+    """What step 1 trains: the multi-label classifier (excluded classes removed, classes
+    balanced), or with `binary_class` the one-output classifier for that class; with the
+    class names of its outputs."""
     step1 = config.step1
     train_rows = [r for r in rows if r.split == "train"]
     val_rows = [r for r in rows if r.split == "val"]
@@ -134,12 +133,25 @@ def train_classifier(
         select_metric="f1_macro",
         seed=config.seed,
     )
+    return task, names
+
+
+def train_classifier(
+    config: WsssConfig,
+    info: DatasetInfo,
+    rows: list[ManifestRow],
+    step_dir: Path,
+    binary_class: str | None = None,
+) -> TrainOutput:
+    """Train `classifier_task` and save the classifier in `step_dir` as
+    `<classifier_name(binary_class)>.pt`."""
+    task, names = classifier_task(config, info, rows, binary_class)
     run_name = classifier_name(binary_class)
     output = fit(task, config.ray, step_dir / "train", run_name)
     save_model_file(
         step_dir / f"{run_name}.pt",
         output.model_state,
-        backbone=step1.backbone,
+        backbone=config.step1.backbone,
         class_indices=[info.classes.index(n) for n in names],
         thresholds=output.extras["thresholds"],
     )

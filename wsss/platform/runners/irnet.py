@@ -84,21 +84,12 @@ def _irnet_loss(
     return loss_on_ir_labels(boundary, displacement, batch["mask"], radius).total
 
 
-def train_irnet(
-    config: WsssConfig,
-    info: DatasetInfo,
-    rows: list[ManifestRow],
-    step1: Step1Output,
-    step_dir: Path,
-) -> dict[str, Any]:
-    """Train IRNet on the IR labels of the train images step 1 is confident about (top class
-    score above `step2.min_confidence`), at every configured scale; returns the history and
-    how many images it learned from.
-
-    Step 1's classifier is read when `step2.backbone_from` is "step1_classifier". The model goes
-    to `step_dir / IRNET_FILE`; `make_pseudo_masks` then applies it with the inference
-    settings, which training never reads.
-    """
+def irnet_task(
+    config: WsssConfig, info: DatasetInfo, rows: list[ManifestRow], step1: Step1Output
+) -> TrainTask:
+    """What step 2 trains: IRNet on the IR labels of the train images step 1 is confident about
+    (top class score above `step2.min_confidence`), at every configured scale. Step 1's
+    classifier is read when `step2.backbone_from` is "step1_classifier"."""
     step2 = config.step2
     ir_label_dir, classifier_file = step1.ir_label_dir, step1.classifier_file
     if step2.crop_size % 16:
@@ -132,7 +123,7 @@ def train_irnet(
         rescales=step2.scales,
         crop=True,
     )
-    task = TrainTask(
+    return TrainTask(
         name="step2",
         build_model=functools.partial(
             _build,
@@ -153,9 +144,24 @@ def train_irnet(
         weight_decay=step2.weight_decay,
         seed=config.seed,
     )
+
+
+def train_irnet(
+    config: WsssConfig,
+    info: DatasetInfo,
+    rows: list[ManifestRow],
+    step1: Step1Output,
+    step_dir: Path,
+) -> dict[str, Any]:
+    """Train `irnet_task`; returns the history and how many images it learned from.
+
+    The model goes to `step_dir / IRNET_FILE`; `make_pseudo_masks` then applies it with the
+    inference settings, which training never reads.
+    """
+    task = irnet_task(config, info, rows, step1)
     output = fit(task, config.ray, step_dir / "train", "irnet")
-    save_model_file(step_dir / IRNET_FILE, output.model_state, backbone=step2.backbone)
-    return {"history": output.history, "train_images": len(train_rows)}
+    save_model_file(step_dir / IRNET_FILE, output.model_state, backbone=config.step2.backbone)
+    return {"history": output.history, "train_images": len(task.train_data.items)}
 
 
 class PseudoMaskWriter:

@@ -91,19 +91,16 @@ def _miou_summary(outputs: dict[str, np.ndarray], num_classes: int) -> dict[str,
     return {"val_miou": matrix.miou()}
 
 
-def train_segmenter(
+def segmenter_task(
     config: WsssConfig,
     info: DatasetInfo,
     rows: list[ManifestRow],
     mask_dir: Path,
     step1: Step1Output,
-    step_dir: Path,
-) -> dict[str, Any]:
-    """Train DeepLabV3+ on the train images' masks in `mask_dir` (step 2's pseudo masks, or a
-    data set's true masks for full supervision); keep the best epoch by val mIoU.
-
-    Step 1's classifier is read when `step3.encoder_from` is "step1_classifier".
-    """
+) -> TrainTask:
+    """What step 3 trains: DeepLabV3+ on the train images' masks in `mask_dir` (step 2's pseudo
+    masks, or a data set's true masks for full supervision), the best epoch by val mIoU. Step
+    1's classifier is read when `step3.encoder_from` is "step1_classifier"."""
     classifier_file = step1.classifier_file
     step3 = config.step3
     inputs = {"the pseudo masks of step 2": mask_dir}
@@ -130,7 +127,7 @@ def train_segmenter(
         )
         for split, split_rows in (("train", train_rows), ("val", val_rows))
     }
-    task = TrainTask(
+    return TrainTask(
         name="step3",
         build_model=functools.partial(
             _build,
@@ -154,6 +151,19 @@ def train_segmenter(
         select_metric="val_miou",
         seed=config.seed,
     )
+
+
+def train_segmenter(
+    config: WsssConfig,
+    info: DatasetInfo,
+    rows: list[ManifestRow],
+    mask_dir: Path,
+    step1: Step1Output,
+    step_dir: Path,
+) -> dict[str, Any]:
+    """Train `segmenter_task` and save the model in `step_dir` as `SEGMENTER_FILE`."""
+    step3 = config.step3
+    task = segmenter_task(config, info, rows, mask_dir, step1)
     output = fit(task, config.ray, step_dir / "train", "segmenter")
     save_model_file(
         step_dir / SEGMENTER_FILE,
