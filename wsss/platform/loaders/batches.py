@@ -23,6 +23,9 @@ from typing import Any, Literal
 import numpy as np
 import ray.data
 from ray.data._internal.execution.execution_callback import ExecutionCallback
+from ray.data._internal.execution.streaming_executor_state import (
+    WAIT_FOR_TASK_COMPLETION_TIMEOUT_S,
+)
 
 from wsss.platform.config import AugmentationConfig
 from wsss.platform.datasets.images import ImageError, read_mask, read_rgb
@@ -45,7 +48,10 @@ class SchedulingLoopPacer(ExecutionCallback):
     execution callbacks); one instance serves one execution.
     """
 
-    min_step_s = 0.01
+    # As long as Ray Data's own loop waits for running tasks at most: the idle loop then wakes
+    # no more often than a busy one, and training, which takes a batch in about a second, is
+    # not kept waiting by it; each wake-up of a shorter step costs the Train worker CPU.
+    min_step_s = WAIT_FOR_TASK_COMPLETION_TIMEOUT_S
 
     def __init__(self) -> None:
         self._last_step: float | None = None
