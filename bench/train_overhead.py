@@ -16,15 +16,17 @@ Both count the train images an epoch feeds (`items x copies`, the remainder DDP 
 included) over the same `--epochs`, so `ratio = platform_img_s / plain_img_s` is what the
 platform keeps of the plain loop's speed, with the decoding and feeding it has to do and the
 plain loop has done beforehand. `platform_epoch_img_s` counts the epochs' own time only
-(`epoch_s` of the history: training and validation, without start-up and checkpoints).
+(`epoch_s` of the history: training and validation, without start-up and checkpoints), and
+`epoch_ratio` compares that with the plain loop: what a longer run, whose start-up counts
+less, tends to.
 
 Step 2 and 3's inputs are the synthetic set's true masks (`oracle/`), standing in for step 1's IR
 labels and step 2's pseudo masks, and step 1's classifier trained by this bench; what the
 masks hold changes what the models learn, not how long a step takes.
 
 Prints progress, and one JSON line per step, the last line holding every step:
-`{"step", "platform_img_s", "platform_epoch_img_s", "plain_img_s", "ratio", "startup_s",
-"images", "threads"}`.
+`{"step", "platform_img_s", "platform_epoch_img_s", "plain_img_s", "ratio", "epoch_ratio",
+"startup_s", "images", "threads"}`.
 
 Run: `python bench/train_overhead.py [--preset demo] [--epochs 2] [--steps step1,step2,step3]`.
 """
@@ -144,6 +146,7 @@ def measure(
         "platform_epoch_img_s": round(images / epochs_s, 2),
         "plain_img_s": round(images / plain_s, 2),
         "ratio": round(plain_s / platform_s, 3),
+        "epoch_ratio": round(plain_s / epochs_s, 3),
         "startup_s": round(platform_s - epochs_s, 1),
         "images": images,
         "threads": threads,
