@@ -53,6 +53,8 @@ from wsss.stages.normalise import to_model_input
 CAM_METRICS = ("cam", "cam_crf")
 # Images per dense-CRF task: enough that Ray's cost per task is small beside the CRF's.
 CRF_BATCH = 8
+# Images per call of a CAM actor.
+CAM_BATCH = 8
 
 
 class CamExtractor:
@@ -242,6 +244,42 @@ def crf_stage(
     )
 
 
+def write_cam_files(
+    config: WsssConfig,
+    info: DatasetInfo,
+    rows: list[ManifestRow],
+    model_files: list[Path],
+    cam_dir: Path,
+) -> dict[str, float]:
+    """Each of `rows`' CAM file in `cam_dir`, from `CamExtractor` on the actor pool; returns
+    the classifier's highest class score of each train image {id: score}."""
+    cam_dir.mkdir(parents=True, exist_ok=True)
+    extracted = map_on_actor_pool(
+        rows_dataset(rows),
+        CamExtractor,
+        {
+            "root": str(info.root),
+            "classes": info.classes,
+            "model_files": [str(f) for f in model_files],
+            "config": config.step1,
+            "cam_dir": str(cam_dir),
+        },
+        batch_size=CAM_BATCH,
+        ray_config=config.ray,
+    )
+    progress = Progress("[step1] CAMs", len(rows))
+    train_top_scores: dict[str, float] = {}
+    for batch in extracted.iter_batches(batch_format="numpy", batch_size=None):
+        for image_id, split, top in zip(
+            batch["id"], batch["split"], batch["top_score"], strict=True
+        ):
+            if split == "train":
+                train_top_scores[str(image_id)] = float(top)
+        progress.update(len(batch["id"]))
+    progress.finish()
+    return train_top_scores
+
+
 def extract_cams(
     config: WsssConfig,
     info: DatasetInfo,
@@ -260,34 +298,11 @@ def extract_cams(
     """
     require_inputs("step 1's CAM extraction", {f"the model {f.name}": f for f in model_files})
     cam_dir = step_dir / CAM_DIR
-    cam_dir.mkdir(parents=True, exist_ok=True)
     splits = scored_splits(rows)
     wanted = [
         r for r in with_oracle_masks(rows, info.root) if r.split == "train" or r.split in splits
     ]
-    extracted = map_on_actor_pool(
-        rows_dataset(wanted),
-        CamExtractor,
-        {
-            "root": str(info.root),
-            "classes": info.classes,
-            "model_files": [str(f) for f in model_files],
-            "config": config.step1,
-            "cam_dir": str(cam_dir),
-        },
-        batch_size=8,
-        ray_config=config.ray,
-    )
-    progress = Progress("[step1] CAMs", len(wanted))
-    train_top_scores: dict[str, float] = {}
-    for batch in extracted.iter_batches(batch_format="numpy", batch_size=None):
-        for image_id, split, top in zip(
-            batch["id"], batch["split"], batch["top_score"], strict=True
-        ):
-            if split == "train":
-                train_top_scores[str(image_id)] = float(top)
-        progress.update(len(batch["id"]))
-    progress.finish()
+    train_top_scores = write_cam_files(config, info, wanted, model_files, cam_dir)
     mask_splits = scored_splits(wanted, MASK_SCORED_SPLITS)
     totals = total_confusions(
         crf_stage(wanted, info, config.step1, step_dir),

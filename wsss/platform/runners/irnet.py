@@ -53,6 +53,8 @@ from wsss.stages.normalise import to_model_input
 # The pseudo masks' metric name (Table 2's step-2 row).
 PSEUDO_MASK_METRIC = "irnet"
 PSEUDO_MASK_COLUMNS = scored_columns([PSEUDO_MASK_METRIC], MASK_SCORED_SPLITS)
+# Images per call of a pseudo-mask actor.
+PSEUDO_MASK_BATCH = 4
 
 
 def _build(
@@ -263,7 +265,7 @@ def make_pseudo_masks(
             "config": config.step2,
             "num_classes": len(info.classes),
         },
-        batch_size=4,
+        batch_size=PSEUDO_MASK_BATCH,
         ray_config=config.ray,
     )
     progress = Progress("[step2] pseudo masks", len(wanted))

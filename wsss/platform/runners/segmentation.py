@@ -44,6 +44,8 @@ from wsss.stages.segmentation.render import overlay, side_by_side, with_legend
 from wsss.stages.segmentation.tta import predict_labels
 
 logger = logging.getLogger(__name__)
+# Images per call of a scoring actor.
+SCORING_BATCH = 8
 
 
 def _build(
@@ -262,7 +264,7 @@ def evaluate_segmenter(
         rows_dataset(scored_rows),
         SegmenterScorer,
         {"model_file": str(model_file), "root": str(info.root), "variants": variants},
-        batch_size=8,
+        batch_size=SCORING_BATCH,
         ray_config=config.ray,
     )
     progress = Progress(f"[evaluation] DeepLabV3+ on {' and '.join(splits)}", len(scored_rows))
