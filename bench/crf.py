@@ -142,14 +142,20 @@ def prepare_inputs(folder: Path, images: int, size: int, seed: int) -> CrfInputs
     return CrfInputs(info, refined, step_dir, config)
 
 
-def manifest_batches(rows: list[ManifestRow]) -> Iterator[dict[str, np.ndarray]]:
-    """`rows` in batches of `CRF_BATCH`, with the columns Ray Data hands `refine_and_score`."""
-    for start in range(0, len(rows), step1_cams.CRF_BATCH):
-        chunk = rows[start : start + step1_cams.CRF_BATCH]
+def manifest_batches(
+    rows: list[ManifestRow], batch_size: int = step1_cams.CRF_BATCH
+) -> Iterator[dict[str, np.ndarray]]:
+    """`rows` in batches of `batch_size`, with the columns Ray Data hands a `map_batches`
+    function over `rows_dataset(rows)`."""
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        labels = np.empty(len(chunk), dtype=object)
+        labels[:] = [list(r.labels) for r in chunk]
         yield {
             "id": np.array([r.id for r in chunk]),
             "image": np.array([r.image for r in chunk]),
             "split": np.array([r.split for r in chunk]),
+            "labels": labels,
             "mask": np.array([r.mask for r in chunk], dtype=object),
         }
 
