@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import ray.cloudpickle
 import ray.data
+import ray.train.torch
 import torch
 from torch import nn
 
+from wsss.platform import training
 from wsss.platform.config import RayConfig
 from wsss.platform.training import (
     EpochData,
@@ -182,6 +184,32 @@ def test_training_lowers_the_loss_and_evaluates_every_val_row(ray_cluster, tmp_p
     assert output.metrics["neg_mse"] == max(row["neg_mse"] for row in output.history)
     model = _linear()
     model.load_state_dict(output.model_state)  # the best epoch's weights, loadable as is
+
+
+class _FitCalledError(Exception):
+    pass
+
+
+def test_fit_shortens_the_controller_poll_unless_the_user_set_it(monkeypatch, tmp_path):
+    """What the trainer sees of `CONTROLLER_POLL_ENV` when it is made (Ray Train reads it there
+    and hands it to its controller)."""
+    seen = []
+
+    class RecordingTrainer:
+        def __init__(self, *args, **kwargs) -> None:
+            seen.append(os.environ.get(training.CONTROLLER_POLL_ENV))
+
+        def fit(self):
+            raise _FitCalledError
+
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", RecordingTrainer)
+    monkeypatch.delenv(training.CONTROLLER_POLL_ENV, raising=False)
+    with pytest.raises(_FitCalledError):
+        fit(_task(_mse, 1), RayConfig(), tmp_path, "poll")
+    monkeypatch.setenv(training.CONTROLLER_POLL_ENV, "3")
+    with pytest.raises(_FitCalledError):
+        fit(_task(_mse, 1), RayConfig(), tmp_path, "poll")
+    assert seen == ["0.5", "3"]
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_path: Path):

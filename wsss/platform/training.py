@@ -51,6 +51,12 @@ STATE_FILE = "state.pt"
 # Fault injection for the killed-driver test: "<task name>:<epoch>" makes the driver die, as a
 # SIGKILL would, once Ray Train has registered that task's checkpoint of that epoch.
 EXIT_AFTER_CHECKPOINT_ENV = "WSSS_EXIT_AFTER_CHECKPOINT"
+# Ray Train's controller sees its workers start, report and finish once per poll, every 2 s by
+# default, and each fit waits for a poll at each of these: a shorter poll shortens every fit's
+# start and end. A poll that finds a worker busy is only a missed health check (Ray Train marks
+# a worker dead after its own 10-minute limit).
+CONTROLLER_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+CONTROLLER_POLL_S = "0.5"
 # Worker lines go through logging: Ray Train tees a worker's print() to its logger and to the
 # worker's wrapped stdout, which showed every line twice on the driver.
 logger = logging.getLogger(__name__)
@@ -423,6 +429,9 @@ def fit(
     (its schedulers stop weak trials on them).
     """
     callbacks = [TuneReportCallback()] if _in_tune_session() else []
+    # Read where the trainer is made (this process: the driver or a Tune trial) and handed on
+    # to its controller; a value the user set stays.
+    os.environ.setdefault(CONTROLLER_POLL_ENV, CONTROLLER_POLL_S)
     storage = Path(storage).resolve()
     _exit_after_checkpoint(task.name, storage / run_name)
     trainer = ray.train.torch.TorchTrainer(
