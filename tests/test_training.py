@@ -79,6 +79,12 @@ def _from_items(items: list[dict], seed: int) -> ray.data.Dataset:
     return ray.data.from_items(items)
 
 
+def _from_items_counted(items: list[dict], seed: int, folder: str) -> ray.data.Dataset:
+    """`_from_items`, leaving a file in `folder` for each dataset made."""
+    (Path(folder) / f"{os.getpid()}-{time.monotonic_ns()}").touch()
+    return _from_items(items, seed)
+
+
 def _task(loss, epochs: int) -> TrainTask:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(ROWS, 3)).astype(np.float32)
@@ -176,11 +182,18 @@ def test_evaluate_scores_every_batch_in_eval_mode_and_summarises_them_once() -> 
 
 
 def test_training_lowers_the_loss_and_evaluates_every_val_row(ray_cluster, tmp_path: Path):
-    output = fit(_task(_mse, 4), RayConfig(), tmp_path, "toy")
+    task = _task(_mse, 4)
+    made = tmp_path / "val_datasets"
+    made.mkdir()
+    build = functools.partial(_from_items_counted, folder=str(made))
+    task.val_data = EpochData(task.val_data.items, build, seed=0, shuffle=False)
+    output = fit(task, RayConfig(), tmp_path, "toy")
     losses = [row["loss"] for row in output.history]
     assert [row["epoch"] for row in output.history] == [1, 2, 3, 4]
     assert losses[-1] < 0.5 * losses[0]
     assert all(row["count"] == ROWS for row in output.history)  # both workers' shares gathered
+    # Each worker decodes its validation share once, not once an epoch.
+    assert len(list(made.iterdir())) == RayConfig().num_workers
     assert output.metrics["neg_mse"] == max(row["neg_mse"] for row in output.history)
     model = _linear()
     model.load_state_dict(output.model_state)  # the best epoch's weights, loadable as is

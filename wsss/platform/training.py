@@ -210,13 +210,17 @@ def _gather(outputs: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
 MIN_TRAIN_BATCH = 2
 
 
-def _batches(
-    task: TrainTask, data: EpochData, epoch: int, min_size: int = 1
-) -> Iterator[dict[str, torch.Tensor]]:
-    """This worker's batches of `data` in `epoch` with at least `min_size` items, in a fixed
-    order (only the last batch of a share can be smaller than the batch size)."""
+def _worker_dataset(data: EpochData, epoch: int) -> ray.data.Dataset:
+    """This worker's share of `data` in `epoch`."""
     context = ray.train.get_context()
-    dataset = data.worker_dataset(epoch, context.get_world_rank(), context.get_world_size())
+    return data.worker_dataset(epoch, context.get_world_rank(), context.get_world_size())
+
+
+def _batches(
+    task: TrainTask, dataset: ray.data.Dataset, min_size: int = 1
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The batches of `dataset` with at least `min_size` items, in a fixed order (only the last
+    batch of a share can be smaller than the batch size)."""
     batches = dataset.iter_torch_batches(
         batch_size=task.batch_size,
         device=ray.train.torch.get_device(),
@@ -333,6 +337,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             logger.info(f"[{task.name}] resuming after epoch {start_epoch} from {checkpoint.path}")
 
+    # Validation rows come in order and are decoded without randomness (`epoch_data`'s weak
+    # augmentation): the same blocks every epoch, so decoded once and kept in the object store,
+    # which spills to disk what it cannot hold.
+    val_dataset = _worker_dataset(task.val_data, 0).materialize() if task.val_data else None
     for epoch in range(start_epoch, task.epochs):
         started = time.perf_counter()
         # Seeded by epoch, not carried over: a run resumed at this epoch draws the same numbers.
@@ -340,15 +348,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.train()
         losses = [
             train_step(task, model, batch, optimizer, scheduler, total_steps)
-            for batch in _in_lockstep(_batches(task, task.train_data, epoch, MIN_TRAIN_BATCH))
+            for batch in _in_lockstep(
+                _batches(task, _worker_dataset(task.train_data, epoch), MIN_TRAIN_BATCH)
+            )
         ]
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "loss": float(np.mean(losses)) if losses else math.nan,
         }
         eval_metrics, extras = ({}, {})
-        if task.val_data is not None:
-            eval_metrics, extras = evaluate(task, model, _batches(task, task.val_data, epoch))
+        if val_dataset is not None:
+            eval_metrics, extras = evaluate(task, model, _batches(task, val_dataset))
         metrics.update(eval_metrics)
         metrics["epoch_s"] = time.perf_counter() - started
         history.append(metrics)
