@@ -251,8 +251,8 @@ def write_cam_files(
     model_files: list[Path],
     cam_dir: Path,
 ) -> dict[str, float]:
-    """Each of `rows`' CAM file in `cam_dir`, from `CamExtractor` on the actor pool; returns
-    the classifier's highest class score of each train image {id: score}."""
+    """Write the CAM file of each of `rows` to `cam_dir` (`CamExtractor` on the actor pool);
+    returns the classifier's highest class score of each train image {id: score}."""
     cam_dir.mkdir(parents=True, exist_ok=True)
     extracted = map_on_actor_pool(
         rows_dataset(rows),
