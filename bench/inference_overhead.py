@@ -59,7 +59,6 @@ from wsss.platform.datasets.manifest import (
     DatasetInfo,
     ManifestRow,
     load_dataset,
-    with_oracle_masks,
 )
 from wsss.platform.datasets.synthetic.writing import build_synthetic_dataset
 from wsss.platform.model_file import save_model_file
@@ -106,13 +105,8 @@ class Inputs:
 
     @property
     def cam_rows(self) -> list[ManifestRow]:
-        """The rows a run's step 1 extracts CAMs for (train and the scored splits)."""
-        splits = scored_splits(self.rows)
-        return [
-            r
-            for r in with_oracle_masks(self.rows, self.info.root)
-            if r.split == "train" or r.split in splits
-        ]
+        """The rows a run's step 1 extracts CAMs for (and step 2 draws pseudo masks for)."""
+        return step1_cams.cam_rows(self.rows, self.info.root)
 
     @property
     def models(self) -> Path:
@@ -123,8 +117,7 @@ class Inputs:
     @property
     def variants(self) -> dict[str, TTAConfig | None]:
         """What the evaluation scores, as a run asks for it."""
-        tta = self.config.step3.tta
-        return {"segmentation": None, **({"segmentation_tta": tta} if tta.enabled else {})}
+        return step3_segmentation.evaluation_variants(self.config.step3.tta)
 
 
 def prepare(work: Path, config: WsssConfig) -> Inputs:
@@ -280,7 +273,7 @@ def evaluation_platform(inputs: Inputs, folder: Path) -> dict[str, Any]:
 def evaluation_plain(inputs: Inputs, folder: Path, threads: int) -> dict[str, Any]:
     classes = inputs.info.classes
     splits = scored_splits(inputs.rows)
-    rows = [r for r in inputs.rows if r.split in splits and r.mask is not None]
+    rows = step3_segmentation.evaluation_rows(inputs.rows)
 
     def make_actor() -> Actor:
         return step3_segmentation.SegmenterScorer(
@@ -314,7 +307,7 @@ INFERENCE_PASSES = {
         lambda i: len(i.cam_rows), pseudo_masks_platform, pseudo_masks_plain
     ),
     "evaluation": InferencePass(
-        lambda i: sum(r.split in scored_splits(i.rows) and r.mask is not None for r in i.rows),
+        lambda i: len(step3_segmentation.evaluation_rows(i.rows)),
         evaluation_platform,
         evaluation_plain,
     ),

@@ -9,8 +9,8 @@ import pytest
 import ray.data
 import torch
 
-from wsss.platform.config import ConfigError, RayConfig
-from wsss.platform.datasets.manifest import ManifestRow
+from wsss.platform.config import ConfigError, RayConfig, TTAConfig
+from wsss.platform.datasets.manifest import ORACLE_MASK_DIR, ManifestRow
 from wsss.platform.runners import (
     CamFileError,
     StepInputError,
@@ -22,6 +22,8 @@ from wsss.platform.runners import (
     scored_splits,
     summaries_by_split,
 )
+from wsss.platform.runners.cams import cam_rows
+from wsss.platform.runners.segmentation import evaluation_rows, evaluation_variants
 from wsss.stages.metrics import ConfusionMatrix
 
 
@@ -68,6 +70,27 @@ def test_only_splits_with_masks_are_scored():
     assert scored_splits(rows) == ["val"]
     rows.append(ManifestRow("d", "d.jpg", "test", ("cat",), "d.png"))
     assert scored_splits(rows) == ["val", "test"]
+
+
+def test_cams_are_made_for_train_and_scored_splits_and_evaluation_reads_masked_ones(tmp_path):
+    rows = [
+        ManifestRow("a", "a.jpg", "train", ("dog",), None),
+        ManifestRow("b", "b.jpg", "val", ("dog",), "b.png"),
+        ManifestRow("c", "c.jpg", "test", ("dog",), None),  # VOC's test: no public masks
+        ManifestRow("d", "d.jpg", "val", ("cat",), None),  # a val image without its mask
+    ]
+    (tmp_path / ORACLE_MASK_DIR).mkdir(parents=True)
+    (tmp_path / ORACLE_MASK_DIR / "a.png").touch()
+    cams = cam_rows(rows, tmp_path)
+    assert [r.id for r in cams] == ["a", "b", "d"]
+    assert cams[0].mask == str(ORACLE_MASK_DIR / "a.png")  # train scored on its true mask
+    assert [r.id for r in evaluation_rows(rows)] == ["b"]
+
+
+def test_the_evaluation_scores_the_plain_model_and_its_tta_where_enabled():
+    tta = TTAConfig(scales=[1.0, 1.5])
+    assert evaluation_variants(tta) == {"segmentation": None, "segmentation_tta": tta}
+    assert evaluation_variants(TTAConfig(enabled=False)) == {"segmentation": None}
 
 
 def test_train_is_scored_with_the_given_labels_val_and_test_also_with_the_predicted():

@@ -384,9 +384,7 @@ def run_pipeline(
 
         started = time.perf_counter()
         with _step("evaluation", runs_dir):
-            variants = {"segmentation": None}
-            if config.step3.tta.enabled:
-                variants["segmentation_tta"] = config.step3.tta
+            variants = segmentation.evaluation_variants(config.step3.tta)
             scores = segmentation.evaluate_segmenter(config, info, rows, outputs.step3, variants)
             steps = {
                 split: {

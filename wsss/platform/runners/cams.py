@@ -244,6 +244,13 @@ def crf_stage(
     )
 
 
+def cam_rows(rows: list[ManifestRow], root: Path) -> list[ManifestRow]:
+    """The rows step 1 makes CAMs for: train and the scored splits, train rows with their true
+    masks where the data set keeps them (`with_oracle_masks`)."""
+    splits = scored_splits(rows)
+    return [r for r in with_oracle_masks(rows, root) if r.split == "train" or r.split in splits]
+
+
 def write_cam_files(
     config: WsssConfig,
     info: DatasetInfo,
@@ -298,10 +305,7 @@ def extract_cams(
     """
     require_inputs("step 1's CAM extraction", {f"the model {f.name}": f for f in model_files})
     cam_dir = step_dir / CAM_DIR
-    splits = scored_splits(rows)
-    wanted = [
-        r for r in with_oracle_masks(rows, info.root) if r.split == "train" or r.split in splits
-    ]
+    wanted = cam_rows(rows, info.root)
     train_top_scores = write_cam_files(config, info, wanted, model_files, cam_dir)
     mask_splits = scored_splits(wanted, MASK_SCORED_SPLITS)
     totals = total_confusions(

@@ -247,6 +247,18 @@ class SegmenterScorer:
         return confusion_batch(matrices, len(batch["id"]))
 
 
+def evaluation_variants(tta: TTAConfig) -> dict[str, TTAConfig | None]:
+    """What a run's evaluation scores ({name: TTA or None}): the plain pass, and with `tta`
+    enabled the TTA one."""
+    return {"segmentation": None, **({"segmentation_tta": tta} if tta.enabled else {})}
+
+
+def evaluation_rows(rows: list[ManifestRow]) -> list[ManifestRow]:
+    """The rows the evaluation scores: those of the scored splits with their masks."""
+    splits = scored_splits(rows)
+    return [r for r in rows if r.split in splits and r.mask is not None]
+
+
 def evaluate_segmenter(
     config: WsssConfig,
     info: DatasetInfo,
@@ -259,7 +271,7 @@ def evaluate_segmenter(
     model_file = step3.segmenter_file
     require_inputs("the evaluation", {"step 3's model": model_file})
     splits = scored_splits(rows)
-    scored_rows = [r for r in rows if r.split in splits and r.mask is not None]
+    scored_rows = evaluation_rows(rows)
     confusions = map_on_actor_pool(
         rows_dataset(scored_rows),
         SegmenterScorer,
