@@ -4,6 +4,7 @@ after a killed worker."""
 import functools
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -79,10 +80,30 @@ def _from_items(items: list[dict], seed: int) -> ray.data.Dataset:
     return ray.data.from_items(items)
 
 
-def _from_items_counted(items: list[dict], seed: int, folder: str) -> ray.data.Dataset:
-    """`_from_items`, leaving a file in `folder` for each dataset made."""
-    (Path(folder) / f"{os.getpid()}-{time.monotonic_ns()}").touch()
+def _record(folder: str, event: str) -> None:
+    """Leaves a file in `folder` naming `event`, its process and when it happened."""
+    (Path(folder) / f"{time.monotonic_ns()}-{os.getpid()}-{event}").touch()
+
+
+def _from_items_recorded(items: list[dict], seed: int, folder: str, kind: str) -> ray.data.Dataset:
+    """`_from_items`, recording each dataset made as `kind`."""
+    _record(folder, kind)
     return _from_items(items, seed)
+
+
+def _summary_recorded(outputs: dict[str, np.ndarray], folder: str) -> dict:
+    """`_summary`, recording each call as "eval"."""
+    _record(folder, "eval")
+    return _summary(outputs)
+
+
+def _events_by_worker(folder: Path) -> dict[str, list[str]]:
+    """What `_record` left in `folder`: each process's events in the order they happened."""
+    events: dict[str, list[str]] = {}
+    for name in sorted(folder.iterdir(), key=lambda path: int(path.name.split("-")[0])):
+        _, pid, event = name.name.split("-")
+        events.setdefault(pid, []).append(event)
+    return events
 
 
 def _task(loss, epochs: int) -> TrainTask:
@@ -181,19 +202,53 @@ def test_evaluate_scores_every_batch_in_eval_mode_and_summarises_them_once() -> 
     assert evaluate(no_eval, model, batches) == ({}, {})
 
 
-def test_training_lowers_the_loss_and_evaluates_every_val_row(ray_cluster, tmp_path: Path):
+def _counting_batches(asked: threading.Event, fail_after: int | None = None):
+    """Three batches, 0, 1, 2, setting `asked` at the first request; raising after
+    `fail_after` of them, with it."""
+    asked.set()
+    for i in range(3):
+        if i == fail_after:
+            raise RuntimeError("unreadable batch")
+        yield {"x": torch.tensor([i])}
+
+
+def test_started_batches_fetch_their_first_before_being_asked_and_keep_their_order() -> None:
+    asked = threading.Event()
+    batches = training._started(_counting_batches(asked))
+    assert asked.wait(timeout=60)  # set by the background fetch: nothing has iterated yet
+    assert [int(batch["x"]) for batch in batches] == [0, 1, 2]
+    assert list(training._started(iter([]))) == []
+    failing = training._started(_counting_batches(threading.Event(), fail_after=1))
+    assert int(next(failing)["x"]) == 0
+    with pytest.raises(RuntimeError, match="unreadable batch"):
+        next(failing)
+    with pytest.raises(RuntimeError, match="unreadable batch"):
+        list(training._started(_counting_batches(threading.Event(), fail_after=0)))
+
+
+def test_training_learns_and_evaluates_every_val_row_with_the_next_epoch_on_its_way(
+    ray_cluster, tmp_path: Path
+):
     task = _task(_mse, 4)
-    made = tmp_path / "val_datasets"
-    made.mkdir()
-    build = functools.partial(_from_items_counted, folder=str(made))
-    task.val_data = EpochData(task.val_data.items, build, seed=0, shuffle=False)
+    folder = tmp_path / "events"
+    folder.mkdir()
+    recorded = functools.partial(_from_items_recorded, folder=str(folder))
+    task.train_data = EpochData(task.train_data.items, functools.partial(recorded, kind="train"), 0)
+    task.val_data = EpochData(
+        task.val_data.items, functools.partial(recorded, kind="val"), seed=0, shuffle=False
+    )
+    task.eval_summary = functools.partial(_summary_recorded, folder=str(folder))
     output = fit(task, RayConfig(), tmp_path, "toy")
     losses = [row["loss"] for row in output.history]
     assert [row["epoch"] for row in output.history] == [1, 2, 3, 4]
     assert losses[-1] < 0.5 * losses[0]
     assert all(row["count"] == ROWS for row in output.history)  # both workers' shares gathered
-    # Each worker decodes its validation share once, not once an epoch.
-    assert len(list(made.iterdir())) == RayConfig().num_workers
+    # Each worker decodes its validation share once, not once an epoch, and makes (and starts)
+    # each epoch's training data before the epoch before it validates.
+    events = _events_by_worker(folder)
+    assert len(events) == RayConfig().num_workers
+    for pid, order in events.items():
+        assert order == ["train", "val"] + ["train", "eval"] * 3 + ["eval"], pid
     assert output.metrics["neg_mse"] == max(row["neg_mse"] for row in output.history)
     model = _linear()
     model.load_state_dict(output.model_state)  # the best epoch's weights, loadable as is

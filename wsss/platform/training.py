@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -228,6 +229,24 @@ def _batches(
     return (batch for batch in batches if len(next(iter(batch.values()))) >= min_size)
 
 
+def _started(batches: Iterator[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
+    """`batches`, its first batch already being fetched in the background. A Ray Dataset
+    starts executing at the first request and takes a while to schedule its first tasks:
+    asking for the next epoch's first batch while this epoch validates and checkpoints hides
+    that wait (and the fetch needs no collective, so the lockstep stays in the main thread)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="first-batch")
+    first = pool.submit(next, batches, None)
+    pool.shutdown(wait=False)
+
+    def from_first() -> Iterator[dict[str, torch.Tensor]]:
+        batch = first.result()
+        if batch is not None:
+            yield batch
+            yield from batches
+
+    return from_first()
+
+
 def _in_lockstep(batches: Iterator[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
     """`batches` until any worker has run out. DDP needs every worker in every step, and one
     worker can hold a batch fewer when an unreadable image was dropped from its share."""
@@ -340,6 +359,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # Validation rows come in order and are decoded without randomness (`epoch_data`'s weak
     # augmentation): the same blocks every epoch, so decoded once and kept in the object store,
     # which spills to disk what it cannot hold.
+    def train_batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        dataset = _worker_dataset(task.train_data, epoch)
+        return _started(_batches(task, dataset, MIN_TRAIN_BATCH))
+
+    upcoming = train_batches(start_epoch) if start_epoch < task.epochs else iter(())
     val_dataset = _worker_dataset(task.val_data, 0).materialize() if task.val_data else None
     for epoch in range(start_epoch, task.epochs):
         started = time.perf_counter()
@@ -348,10 +372,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.train()
         losses = [
             train_step(task, model, batch, optimizer, scheduler, total_steps)
-            for batch in _in_lockstep(
-                _batches(task, _worker_dataset(task.train_data, epoch), MIN_TRAIN_BATCH)
-            )
+            for batch in _in_lockstep(upcoming)
         ]
+        if epoch + 1 < task.epochs:
+            upcoming = train_batches(epoch + 1)
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "loss": float(np.mean(losses)) if losses else math.nan,
