@@ -4,6 +4,7 @@ after a killed worker."""
 import functools
 import os
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -238,7 +239,11 @@ def test_training_learns_and_evaluates_every_val_row_with_the_next_epoch_on_its_
         task.val_data.items, functools.partial(recorded, kind="val"), seed=0, shuffle=False
     )
     task.eval_summary = functools.partial(_summary_recorded, folder=str(folder))
+    before = set(Path(tempfile.gettempdir()).glob("wsss-toy-checkpoint-*"))
     output = fit(task, RayConfig(), tmp_path, "toy")
+    # Each epoch's checkpoint folder is gone once Ray Train has copied it to storage.
+    assert set(Path(tempfile.gettempdir()).glob("wsss-toy-checkpoint-*")) <= before
+    assert registered_epoch(tmp_path / "toy") == 4
     losses = [row["loss"] for row in output.history]
     assert [row["epoch"] for row in output.history] == [1, 2, 3, 4]
     assert losses[-1] < 0.5 * losses[0]

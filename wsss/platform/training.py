@@ -402,25 +402,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             logger.info(
                 f"[{task.name}] epoch {epoch + 1}/{task.epochs} {shown} ({took:.1f}s; {so_far})"
             )
-        with tempfile.TemporaryDirectory() as folder:
-            saved = None
-            if rank == 0:
-                torch.save(
-                    {
-                        "model": _unwrap(model).state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                        "epoch": epoch,
-                        "best_value": best_value,
-                        "best_model": best_state,
-                        "best_metrics": best_metrics,
-                        "best_extras": best_extras,
-                        "history": history,
-                    },
-                    Path(folder) / STATE_FILE,
-                )
-                saved = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=saved)
+        saved = None
+        if rank == 0:
+            folder = tempfile.mkdtemp(prefix=f"wsss-{task.name}-checkpoint-")
+            torch.save(
+                {
+                    "model": _unwrap(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "epoch": epoch,
+                    "best_value": best_value,
+                    "best_model": best_state,
+                    "best_metrics": best_metrics,
+                    "best_extras": best_extras,
+                    "history": history,
+                },
+                Path(folder) / STATE_FILE,
+            )
+            saved = ray.train.Checkpoint.from_directory(folder)
+        # Ray Train copies the folder to storage in the background and deletes it then: the next
+        # epoch trains meanwhile (and a run's last copy ends before `fit` returns).
+        ray.train.report(
+            metrics, checkpoint=saved, checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC
+        )
 
 
 def registered_epoch(run_folder: Path) -> int:
