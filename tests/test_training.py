@@ -204,8 +204,8 @@ def test_evaluate_scores_every_batch_in_eval_mode_and_summarises_them_once() -> 
 
 
 def _counting_batches(asked: threading.Event, fail_after: int | None = None):
-    """Three batches, 0, 1, 2, setting `asked` at the first request; raising after
-    `fail_after` of them, with it."""
+    """The batches x = 0, 1, 2, setting `asked` when the first is asked for; raising where
+    batch `fail_after` would come."""
     asked.set()
     for i in range(3):
         if i == fail_after:

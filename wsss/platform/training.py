@@ -356,14 +356,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             logger.info(f"[{task.name}] resuming after epoch {start_epoch} from {checkpoint.path}")
 
-    # Validation rows come in order and are decoded without randomness (`epoch_data`'s weak
-    # augmentation): the same blocks every epoch, so decoded once and kept in the object store,
-    # which spills to disk what it cannot hold.
     def train_batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         dataset = _worker_dataset(task.train_data, epoch)
         return _started(_batches(task, dataset, MIN_TRAIN_BATCH))
 
     upcoming = train_batches(start_epoch) if start_epoch < task.epochs else iter(())
+    # Validation rows come in order and are decoded without randomness (`epoch_data`'s weak
+    # augmentation): the same blocks every epoch, so decoded once and kept in the object store,
+    # which spills to disk what it cannot hold.
     val_dataset = _worker_dataset(task.val_data, 0).materialize() if task.val_data else None
     for epoch in range(start_epoch, task.epochs):
         started = time.perf_counter()
