@@ -54,3 +54,21 @@ def test_a_store_that_goes_away_ends_the_runs_it_opened_in_this_process(
 
 def _store_gone(*args: object, **kwargs: object) -> None:
     raise ConnectionError("the store went away")
+
+
+@pytest.mark.parametrize(
+    ("stop", "status"), [(KeyboardInterrupt, "KILLED"), (ValueError, "FAILED")]
+)
+def test_a_run_stopped_by_ctrl_c_is_marked_killed_and_one_that_raised_failed(
+    tmp_path: Path, stop: type[BaseException], status: str
+) -> None:
+    tracker = Tracker(TrackingConfig(), tmp_path)
+    with (
+        pytest.raises(stop),
+        tracker.parent_run("run", {}) as parent,
+        tracker.step_run("step1", {}) as step,
+    ):
+        raise stop()
+    client = mlflow.MlflowClient(tracker.uri)
+    assert [client.get_run(run).info.status for run in (parent, step)] == [status, status]
+    assert mlflow.active_run() is None

@@ -3,6 +3,7 @@ after a killed worker."""
 
 import functools
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -15,6 +16,7 @@ import ray.cloudpickle
 import ray.data
 import ray.train.torch
 import torch
+from ray.util.state import list_actors
 from torch import nn
 
 from wsss.platform import training
@@ -318,3 +320,22 @@ def test_training_never_hands_batch_norm_a_batch_of_one(ray_cluster, tmp_path: P
     output = fit(task, RayConfig(), tmp_path, "batch_of_one", max_failures=0)
     assert [row["epoch"] for row in output.history] == [1]
     assert np.isfinite(output.history[0]["loss"])
+
+
+def _alive_actor_classes() -> set[str]:
+    return {actor.class_name for actor in list_actors(filters=[("state", "=", "ALIVE")])}
+
+
+def test_fit_hands_ctrl_c_back_and_lets_its_controller_go(ray_cluster, tmp_path: Path):
+    """Ray Train's Ctrl-C handler, which aborts the run and holds its controller actor, is
+    replaced by the driver's own once `fit` returns: the controller and its dataset manager
+    then end, and Ctrl-C interrupts whatever the driver does next."""
+    ours = signal.getsignal(signal.SIGINT)
+    fit(_task(_mse, 1), RayConfig(), tmp_path, "handed_back")
+    assert signal.getsignal(signal.SIGINT) is ours
+    deadline = time.monotonic() + 60
+    while {"TrainController", "DatasetManager"} & _alive_actor_classes():
+        assert time.monotonic() < deadline, _alive_actor_classes()
+        time.sleep(0.5)
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)

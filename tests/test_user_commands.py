@@ -3,12 +3,16 @@ script: what the console shows, the run's log, a step that cannot start, predict
 legend, and the MLflow UI serving the run."""
 
 import json
+import os
+import re
 import shutil
+import signal
 import subprocess
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from conftest import WSSS, free_port, serving, user_environment
@@ -225,3 +229,37 @@ def test_a_config_the_cluster_cannot_meet_is_refused_before_any_work(tmp_path: P
     ) in result.stderr
     runs_dir = tmp_path / "runs"
     assert not (runs_dir / "datasets").exists() and not list((runs_dir / "cache").iterdir())
+
+
+def test_ctrl_c_mid_training_stops_the_run_with_one_line_and_marks_it_killed(tmp_path: Path):
+    """Ctrl-C, sent as a terminal sends it (to the command's whole process group) once step 1
+    has trained an epoch: Ray Train aborts its run, and the command ends at once with status
+    130, one line on what is kept and where the log is, and the MLflow run marked killed."""
+    process = subprocess.Popen(
+        [str(WSSS), "run", "--preset", "smoke"],
+        cwd=tmp_path,
+        env=user_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    console = []
+    for line in process.stdout:
+        console.append(line.rstrip("\n"))
+        if line.startswith("[step1] epoch 1/"):
+            os.killpg(process.pid, signal.SIGINT)
+            break
+    console += process.communicate(timeout=300)[0].splitlines()
+    assert process.returncode == 130, "\n".join(console[-40:])
+    log_file = tmp_path / "runs" / "smoke" / "run.log"
+    assert console[-2:] == [
+        "warning: interrupted: the steps and training epochs that finished are kept, and the "
+        "same command goes on from them",
+        f"the full log is in {log_file}",
+    ]
+    assert "Traceback" not in "\n".join(console) and "KeyboardInterrupt" in log_file.read_text()
+    run_id = re.search(r"MLflow run (\w+) at (\S+)", "\n".join(console))
+    assert run_id, console[:5]
+    client = mlflow.MlflowClient(run_id[2])
+    assert client.get_run(run_id[1]).info.status == "KILLED"

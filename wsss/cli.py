@@ -33,6 +33,8 @@ from wsss.platform.store import (
 from wsss.tune_spaces import space_modules
 
 logger = logging.getLogger("wsss.cli")
+# The exit status of a command stopped by Ctrl-C, as shells report one killed by SIGINT.
+INTERRUPTED = 130
 # Where `wsss cluster` keeps a local cluster's nodes and logs, inside the runs folder.
 CLUSTER_FOLDER = "cluster"
 
@@ -145,6 +147,13 @@ def _run(args: argparse.Namespace) -> int:
             traceback.print_exc()  # into the log: the console gets one line of it
             logger.error(f"{exc}\nthe full log is in {run_dir / LOG_FILE}")
             return 1
+        except KeyboardInterrupt:
+            traceback.print_exc()
+            logger.warning(
+                f"interrupted: the steps and training epochs that finished are kept, and the "
+                f"same command goes on from them\nthe full log is in {run_dir / LOG_FILE}"
+            )
+            return INTERRUPTED
         print(f"\nTable 2 for run {config.name} (mIoU, %):", file=console)
         print(format_table2(report), file=console)
         print(f"\nreport: {run_dir / REPORT_FILE}\nlog: {run_dir / LOG_FILE}", file=console)

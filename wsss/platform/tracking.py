@@ -163,9 +163,11 @@ class Tracker:
         run_id = self._guarded(start)
         try:
             yield run_id
-        except BaseException:
+        except BaseException as stopped:
             if run_id is not None:
-                self._guarded(lambda: mlflow.end_run("FAILED"))
+                # Ctrl-C shows in the UI as a run someone stopped, not one that failed.
+                status = "KILLED" if isinstance(stopped, KeyboardInterrupt) else "FAILED"
+                self._guarded(lambda: mlflow.end_run(status))
             raise
         if run_id is not None:
             self._guarded(mlflow.end_run)

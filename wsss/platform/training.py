@@ -17,6 +17,7 @@ the uninterrupted run would have (on the same hardware and number of workers).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -453,6 +454,29 @@ def _exit_after_checkpoint(task_name: str, run_folder: Path) -> None:
     threading.Thread(target=die_when_registered, daemon=True).start()
 
 
+@contextlib.contextmanager
+def _ctrl_c_as_elsewhere() -> Iterator[None]:
+    """Ctrl-C during and after the block acts as it does anywhere else in the driver: a
+    KeyboardInterrupt.
+
+    `TorchTrainer.fit` installs a handler that aborts its run on Ctrl-C and then ends the driver
+    with a bare SystemExit (no message, status 1); and it leaves that handler installed, which
+    held the finished run's controller actor (and its dataset manager) alive until the driver
+    exited and swallowed Ctrl-C in all the driver did next (CAM extraction, evaluation). The run
+    is still aborted by Ray Train; the driver's own handler is back afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # a handler can only be installed from the main thread: Ray Train installs none
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    except SystemExit as aborted:
+        raise KeyboardInterrupt("Ray Train aborted the training run on Ctrl-C") from aborted
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
 def fit(
     task: TrainTask,
     ray_config: RayConfig,
@@ -492,7 +516,8 @@ def fit(
             callbacks=callbacks,
         ),
     )
-    result = trainer.fit()
+    with _ctrl_c_as_elsewhere():
+        result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"{task.name}: training finished without a checkpoint ({result.error})")
     with result.checkpoint.as_directory() as folder:
