@@ -2,6 +2,7 @@
 
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -9,6 +10,7 @@ import pytest
 from conftest import free_port
 
 from wsss.platform.config import TrackingConfig
+from wsss.platform.sweep import SweepTracker
 from wsss.platform.tracking import Tracker
 
 
@@ -72,3 +74,56 @@ def test_a_run_stopped_by_ctrl_c_is_marked_killed_and_one_that_raised_failed(
     client = mlflow.MlflowClient(tracker.uri)
     assert [client.get_run(run).info.status for run in (parent, step)] == [status, status]
     assert mlflow.active_run() is None
+
+
+@dataclass
+class _Trial:
+    """What `SweepTracker` reads of a Tune trial."""
+
+    trial_id: str
+    config: dict = field(default_factory=lambda: {"step3.tta.flip": True})
+    last_result: dict = field(default_factory=lambda: {"final_miou": 0.25})
+
+    def __str__(self) -> str:
+        return f"trial_{self.trial_id}"
+
+
+def test_a_sweep_logs_each_trial_once_and_goes_on_when_the_store_stops_answering(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A child run per trial under the sweep's run; once the store fails, said once, the trials
+    after it are not logged and nothing stops the sweep; a resumed sweep tries the store again,
+    finds the trials logged before and logs those that finish from then on."""
+    tracker = Tracker(TrackingConfig(), tmp_path)
+    with tracker.parent_run("sweep", {}) as parent:
+        pass
+    callback = SweepTracker(tracker.uri, tracker.experiment_id, parent, tmp_path / "sweep")
+    callback.setup()
+    callback.on_trial_complete(0, [], _Trial("a"))
+    client = mlflow.MlflowClient(tracker.uri)
+    query = f"tags.mlflow.parentRunId = '{parent}'"
+    (child,) = client.search_runs([tracker.experiment_id], filter_string=query)
+    assert child.data.params == {"step3.tta.flip": "True"}
+    assert child.data.metrics == {"final_miou": 0.25} and child.info.status == "FINISHED"
+
+    monkeypatch.setattr(mlflow.MlflowClient, "create_run", _store_gone)
+    with caplog.at_level(logging.WARNING, logger="wsss"):
+        callback.on_trial_complete(0, [], _Trial("b"))
+        callback.on_trial_complete(0, [], _Trial("c"))
+    (warning,) = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+    assert "ConnectionError: the store went away" in warning and str(tmp_path / "sweep") in warning
+    assert callback.logged == {"a"}
+    monkeypatch.undo()
+    callback.setup()  # as a resumed sweep does
+    assert callback.logged == {"a"}
+    callback.on_trial_complete(0, [], _Trial("b"))
+    assert len(client.search_runs([tracker.experiment_id], filter_string=query)) == 2
+
+
+def test_a_sweep_without_a_run_of_its_own_logs_nothing(tmp_path: Path) -> None:
+    """The store did not answer when the sweep began (its tracker said so): no parent run, so
+    the trials' callback never calls the store."""
+    callback = SweepTracker("http://127.0.0.1:9", None, None, tmp_path)
+    callback.setup()
+    callback.on_trial_complete(0, [], _Trial("a"))
+    assert not callback.enabled and callback.logged == set()

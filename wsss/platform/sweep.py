@@ -25,12 +25,11 @@ import math
 import os
 import pickle
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import mlflow
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -44,10 +43,11 @@ from wsss.platform.ray_cluster import ray_session
 from wsss.platform.report import REPORT_FILE
 from wsss.platform.run import run_pipeline, train_classifier_step
 from wsss.platform.runners.outputs import PIPELINE_STEPS
-from wsss.platform.tracking import Tracker, flatten, tracking_uri
+from wsss.platform.tracking import Tracker, flatten, tracking_uri, unavailable_reason
 from wsss.tune_spaces import SearchSpace, get_space
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SWEEPS_DIR = "sweeps"
 PLAN_FILE = "sweep.json"
@@ -205,30 +205,60 @@ class SweepTracker(tune.Callback):
     """Driver-side MLflow logging: a child run of the sweep's parent run per finished or
     failed trial, its parameters flat (for MLflow's compare and parallel-coordinates views)
     and its numbers as metrics; a trial logged before (a resumed sweep) is not logged again.
+    Without a parent run (the store did not answer when the sweep started) nothing is logged;
+    a store that stops answering mid-sweep is said once, and the sweep goes on without it.
     Also where the resume test's fault is injected (`EXIT_AFTER_TRIALS_ENV`)."""
 
     # Tune pickles its callbacks with the experiment (a resumed sweep gets this one back), so
     # everything here is plain data; MLflow's client is made where it is used.
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str) -> None:
+    def __init__(
+        self, uri: str, experiment_id: str | None, parent_run_id: str | None, folder: Path
+    ) -> None:
         self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
+        self.folder = folder
+        self.enabled = False
         self.logged: set[str] = set()
         self.finished = 0
         self.exit_after: int | None = None
 
     def setup(self, **info: Any) -> None:
-        children = MlflowClient(self.uri).search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
+        # Tried again by a resumed sweep (Tune restores this object as it was saved).
+        self.enabled = bool(self.experiment_id and self.parent_run_id)
+        children = self._tracked(
+            lambda client: client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
+            )
         )
-        self.logged = {run.data.tags.get(TRIAL_TAG) for run in children}
+        self.logged = {run.data.tags.get(TRIAL_TAG) for run in children or []}
         self.finished = len(self.logged)
         exit_after = os.environ.get(EXIT_AFTER_TRIALS_ENV)
         self.exit_after = int(exit_after) if exit_after else None
 
+    def _tracked(self, call: Callable[[MlflowClient], T]) -> T | None:
+        """`call(client)` while the store answers; None, said once, after it stops."""
+        if not self.enabled:
+            return None
+        try:
+            return call(MlflowClient(self.uri))
+        # Whatever the store raises: as for a run, tracking never stops the sweep.
+        except Exception as exc:
+            self.enabled = False
+            logger.warning(
+                f"[mlflow] tracking at {self.uri} is unavailable ({unavailable_reason(exc)}); "
+                f"the sweep goes on without logging its trials, whose numbers stay in "
+                f"{self.folder}"
+            )
+            return None
+
     def _log(self, trial: Any, status: str, error: str | None = None) -> None:
-        if trial.trial_id in self.logged:
-            return
-        client = MlflowClient(self.uri)
+        if trial.trial_id not in self.logged and self._tracked(
+            lambda client: self._log_trial(client, trial, status, error)
+        ):
+            self.logged.add(trial.trial_id)
+
+    def _log_trial(self, client: MlflowClient, trial: Any, status: str, error: str | None) -> str:
+        """The trial's child run, logged whole; returns its id."""
         tags = {"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id}
         if error:
             tags["wsss.error"] = error[:5000]
@@ -239,7 +269,7 @@ class SweepTracker(tune.Callback):
             if key.endswith("_miou") or key in ("f1_macro", "classifier_f1"):
                 client.log_metric(run_id, key, float(value))
         client.set_terminated(run_id, status)
-        self.logged.add(trial.trial_id)
+        return run_id
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._log(trial, "FINISHED")
@@ -419,7 +449,6 @@ def run_sweep(folder: Path) -> SweepResult:
                 "trial(s) at once; running that many"
             )
         tracker = Tracker(base.tracking, runs_dir)
-        experiment_id = mlflow.get_experiment_by_name(base.tracking.experiment).experiment_id
         with tracker.parent_run(
             f"sweep {plan.name}", {"space": plan.space, **plan.config}, plan.parent_run_id
         ) as parent_run_id:
@@ -430,8 +459,9 @@ def run_sweep(folder: Path) -> SweepResult:
                 f"{concurrent} trial(s) at once; MLflow run {parent_run_id}"
             )
             uri = tracking_uri(base.tracking, runs_dir)
+            callback = SweepTracker(uri, tracker.experiment_id, parent_run_id, folder)
             grid = _run_tune(
-                space, base_raw, runs_dir, folder, plan, concurrent, uri, experiment_id, resuming
+                space, base_raw, runs_dir, folder, plan, concurrent, callback, resuming
             )
             results = [(r.config, r.metrics or {}, str(r.error) if r.error else None) for r in grid]
             header, rows = table_rows(space, results)
@@ -464,8 +494,7 @@ def _run_tune(
     folder: Path,
     plan: SweepPlan,
     concurrent: int,
-    uri: str,
-    experiment_id: str,
+    callback: SweepTracker,
     resuming: bool,
 ) -> tune.ResultGrid:
     trainable = tune.with_resources(
@@ -483,7 +512,6 @@ def _run_tune(
     )
     # Saved after every step of Tune's loop: a sweep killed at any point loses no finished trial.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    callback = SweepTracker(uri, experiment_id, plan.parent_run_id or "")
     if resuming:
         tuner = tune.Tuner.restore(
             str(folder), trainable=trainable, resume_unfinished=True, resume_errored=True

@@ -75,6 +75,13 @@ def metric_values(summary: Mapping[str, Any], prefix: str) -> dict[str, float]:
     return values
 
 
+def unavailable_reason(error: Exception) -> str:
+    """What a store that stopped answering raised, in one line: its type and first line."""
+    text = str(error).strip()
+    first_line = text.splitlines()[0][:300] if text else ""
+    return f"{type(error).__name__}: {first_line}".rstrip(": ")
+
+
 class TrackingUnavailableError(RuntimeError):
     """The tracking store did not answer while `wsss log` logged a run to it."""
 
@@ -98,6 +105,7 @@ class Tracker:
         self.enabled = enabled
         self.uri = tracking_uri(config, runs_dir) if enabled else None
         self.unavailable: str | None = None
+        self.experiment_id: str | None = None
         self._run_dir = run_dir
         if not enabled:
             return
@@ -127,7 +135,7 @@ class Tracker:
                 # Another run, started at the same time, created it first.
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
-        mlflow.set_experiment(name)
+        self.experiment_id = mlflow.set_experiment(name).experiment_id
         mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
     def _guarded(self, call: Callable[[], T]) -> T | None:
@@ -140,8 +148,7 @@ class Tracker:
         # full or locked database): tracking never stops the run.
         except Exception as exc:
             self.enabled = False
-            first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-            self.unavailable = f"{type(exc).__name__}: {first_line}".rstrip(": ")
+            self.unavailable = unavailable_reason(exc)
             later = f"wsss log {self._run_dir}" if self._run_dir else "wsss log <run folder>"
             logger.warning(
                 f"[mlflow] tracking at {self.uri} is unavailable ({self.unavailable}); the run "
