@@ -5,7 +5,6 @@ import functools
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import nn
 from wsss.platform import training
 from wsss.platform.config import RayConfig
 from wsss.platform.training import (
+    CHECKPOINT_STAGING_DIR,
     EpochData,
     TrainTask,
     evaluate,
@@ -241,10 +241,9 @@ def test_training_learns_and_evaluates_every_val_row_with_the_next_epoch_on_its_
         task.val_data.items, functools.partial(recorded, kind="val"), seed=0, shuffle=False
     )
     task.eval_summary = functools.partial(_summary_recorded, folder=str(folder))
-    before = set(Path(tempfile.gettempdir()).glob("wsss-toy-checkpoint-*"))
     output = fit(task, RayConfig(), tmp_path, "toy")
     # Each epoch's checkpoint folder is gone once Ray Train has copied it to storage.
-    assert set(Path(tempfile.gettempdir()).glob("wsss-toy-checkpoint-*")) <= before
+    assert not (tmp_path / "toy" / CHECKPOINT_STAGING_DIR).exists()
     assert registered_epoch(tmp_path / "toy") == 4
     losses = [row["loss"] for row in output.history]
     assert [row["epoch"] for row in output.history] == [1, 2, 3, 4]

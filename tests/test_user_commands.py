@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from conftest import WSSS, free_port, serving, user_environment
 
 from wsss.platform.datasets.images import read_mask, read_rgb
+from wsss.platform.training import CHECKPOINT_STAGING_DIR
 from wsss.stages.labels import voc_palette
 from wsss.stages.segmentation.render import LEGEND_ROW
 
@@ -234,7 +236,9 @@ def test_a_config_the_cluster_cannot_meet_is_refused_before_any_work(tmp_path: P
 def test_ctrl_c_mid_training_stops_the_run_with_one_line_and_marks_it_killed(tmp_path: Path):
     """Ctrl-C, sent as a terminal sends it (to the command's whole process group) once step 1
     has trained an epoch: Ray Train aborts its run, and the command ends at once with status
-    130, one line on what is kept and where the log is, and the MLflow run marked killed."""
+    130, one line on what is kept and where the log is, and the MLflow run marked killed. No
+    checkpoint whose copy the abort cut short is left behind, in the runs folder or in /tmp."""
+    staged_in_tmp = set(Path(tempfile.gettempdir()).glob("wsss-*-checkpoint-*"))
     process = subprocess.Popen(
         [str(WSSS), "run", "--preset", "smoke"],
         cwd=tmp_path,
@@ -263,3 +267,5 @@ def test_ctrl_c_mid_training_stops_the_run_with_one_line_and_marks_it_killed(tmp
     assert run_id, console[:5]
     client = mlflow.MlflowClient(run_id[2])
     assert client.get_run(run_id[1]).info.status == "KILLED"
+    assert not list((tmp_path / "runs").rglob(CHECKPOINT_STAGING_DIR))
+    assert set(Path(tempfile.gettempdir()).glob("wsss-*-checkpoint-*")) <= staged_in_tmp

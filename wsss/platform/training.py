@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -57,6 +58,10 @@ EXIT_AFTER_CHECKPOINT_ENV = "WSSS_EXIT_AFTER_CHECKPOINT"
 # default, and each fit waits for a poll at each of these: a shorter poll shortens every fit's
 # start and end. A poll that finds a worker busy is only a missed health check (Ray Train marks
 # a worker dead after its own 10-minute limit).
+# Where rank 0 writes each epoch's checkpoint for Ray Train to copy, inside the run's folder in
+# storage: a folder whose copy an abort (Ctrl-C) or a lost worker cut short is then removed by
+# the driver, on any node, instead of staying in a worker's temp dir.
+CHECKPOINT_STAGING_DIR = "staged-checkpoints"
 CONTROLLER_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 CONTROLLER_POLL_S = "0.5"
 # Worker lines go through logging: Ray Train tees a worker's print() to its logger and to the
@@ -316,6 +321,7 @@ def _quiet_ray_train_file_loggers() -> None:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The per-worker training function handed to `TorchTrainer` (config: {"task": TrainTask})."""
     task: TrainTask = config["task"]
+    staging = Path(config["staging"])
     context = ray.train.get_context()
     rank = context.get_world_rank()
     data_context = ray.data.DataContext.get_current()
@@ -405,7 +411,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
         saved = None
         if rank == 0:
-            folder = tempfile.mkdtemp(prefix=f"wsss-{task.name}-checkpoint-")
+            staging.mkdir(parents=True, exist_ok=True)
+            folder = tempfile.mkdtemp(prefix=f"epoch-{epoch + 1}-", dir=staging)
             torch.save(
                 {
                     "model": _unwrap(model).state_dict(),
@@ -496,9 +503,10 @@ def fit(
     os.environ.setdefault(CONTROLLER_POLL_ENV, CONTROLLER_POLL_S)
     storage = Path(storage).resolve()
     _exit_after_checkpoint(task.name, storage / run_name)
+    staging = storage / run_name / CHECKPOINT_STAGING_DIR
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"task": task},
+        train_loop_config={"task": task, "staging": str(staging)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=ray_config.num_workers,
             use_gpu=ray_config.use_gpu,
@@ -516,8 +524,14 @@ def fit(
             callbacks=callbacks,
         ),
     )
-    with _ctrl_c_as_elsewhere():
-        result = trainer.fit()
+    # Only this run writes there (the step store lets one process build a step): what is left
+    # is from an attempt that was killed.
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with _ctrl_c_as_elsewhere():
+            result = trainer.fit()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     if result.checkpoint is None:
         raise RuntimeError(f"{task.name}: training finished without a checkpoint ({result.error})")
     with result.checkpoint.as_directory() as folder:
