@@ -54,14 +54,14 @@ STATE_FILE = "state.pt"
 # Fault injection for the killed-driver test: "<task name>:<epoch>" makes the driver die, as a
 # SIGKILL would, once Ray Train has registered that task's checkpoint of that epoch.
 EXIT_AFTER_CHECKPOINT_ENV = "WSSS_EXIT_AFTER_CHECKPOINT"
-# Ray Train's controller sees its workers start, report and finish once per poll, every 2 s by
-# default, and each fit waits for a poll at each of these: a shorter poll shortens every fit's
-# start and end. A poll that finds a worker busy is only a missed health check (Ray Train marks
-# a worker dead after its own 10-minute limit).
 # Where rank 0 writes each epoch's checkpoint for Ray Train to copy, inside the run's folder in
 # storage: a folder whose copy an abort (Ctrl-C) or a lost worker cut short is then removed by
 # the driver, on any node, instead of staying in a worker's temp dir.
 CHECKPOINT_STAGING_DIR = "staged-checkpoints"
+# Ray Train's controller sees its workers start, report and finish once per poll, every 2 s by
+# default, and each fit waits for a poll at each of these: a shorter poll shortens every fit's
+# start and end. A poll that finds a worker busy is only a missed health check (Ray Train marks
+# a worker dead after its own 10-minute limit).
 CONTROLLER_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 CONTROLLER_POLL_S = "0.5"
 # Worker lines go through logging: Ray Train tees a worker's print() to its logger and to the
@@ -319,7 +319,9 @@ def _quiet_ray_train_file_loggers() -> None:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """The per-worker training function handed to `TorchTrainer` (config: {"task": TrainTask})."""
+    """The per-worker training function handed to `TorchTrainer` (config: "task", the
+    `TrainTask`; "staging", the folder where rank 0 writes each checkpoint for Ray Train to
+    copy)."""
     task: TrainTask = config["task"]
     staging = Path(config["staging"])
     context = ray.train.get_context()
