@@ -15,6 +15,7 @@ from wsss.stages.irnet.losses import (
     affinity_loss,
     displacement_loss,
     irnet_loss,
+    loss_on_ir_labels,
     pair_displacement,
 )
 from wsss.stages.irnet.path_index import PathIndex, boundary_to_affinity
@@ -118,3 +119,21 @@ def test_negative_pair_pushes_boundary_up_on_its_path(labels, index):
     assert boundary.grad[0, 1, 2] < 0
     # Pixel 6 is on no labelled path.
     assert boundary.grad[0, 2, 0] == 0
+
+
+def test_the_loss_of_bfloat16_outputs_is_computed_in_float32():
+    """The 3x3 map, its left column background and the rest class 1: of each source's four
+    pairs the one down-left is negative, the other three are foreground positives. A boundary
+    logit of -30 gives every pair affinity 1, so a negative pair costs -log(1 + EPS - 1) =
+    -log(EPS) in float32, and log(0) in bfloat16, where 1 + EPS is 1."""
+    ir_labels = np.ones((1, 12, 12), np.uint8)
+    ir_labels[:, :, :4] = 0
+    boundary = torch.full((1, 1, 3, 3), -30.0, dtype=torch.bfloat16)
+    displacement = torch.zeros((1, 2, 3, 3), dtype=torch.bfloat16)
+    loss = loss_on_ir_labels(boundary, displacement, ir_labels, radius=2)
+    assert loss.total.dtype == torch.float32
+    # ((background + foreground) / 2 + negative) / 2, with no background pair.
+    expected = (-math.log(1 + EPS) / 2 - math.log(EPS)) / 2
+    assert loss.affinity.item() == pytest.approx(expected, rel=1e-3)
+    same_in_float32 = loss_on_ir_labels(boundary.float(), displacement.float(), ir_labels, 2)
+    assert loss.total.item() == same_in_float32.total.item()

@@ -25,3 +25,15 @@ def test_segmentation_loss_averages_over_the_pixels_that_are_not_ignored():
     masks = torch.tensor([[[0, 1, IGNORE_INDEX]]], dtype=torch.uint8)
     expected = (-math.log(3 / 4) + math.log(2)) / 2
     assert segmentation_loss(logits, masks).item() == pytest.approx(expected)
+
+
+def test_losses_of_bfloat16_logits_are_float32_and_equal_those_of_the_same_values():
+    logits = torch.tensor([[2.0, -1.0]], dtype=torch.bfloat16)
+    loss = multilabel_loss(logits, torch.tensor([[1.0, 0.0]]))
+    assert loss.dtype == torch.float32
+    assert loss.item() == multilabel_loss(logits.float(), torch.tensor([[1.0, 0.0]])).item()
+    pixels = torch.tensor([[[[0.5, 0.0]], [[0.0, 0.25]]]], dtype=torch.bfloat16)
+    masks = torch.tensor([[[0, 1]]])
+    loss = segmentation_loss(pixels, masks)
+    assert loss.dtype == torch.float32
+    assert loss.item() == segmentation_loss(pixels.float(), masks).item()

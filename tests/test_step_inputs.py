@@ -9,8 +9,9 @@ import pytest
 import ray.data
 import torch
 
-from wsss.platform.config import ConfigError, RayConfig, TTAConfig
-from wsss.platform.datasets.manifest import ORACLE_MASK_DIR, ManifestRow
+from wsss.platform.config import ConfigError, RayConfig, SyntheticConfig, TTAConfig, load_config
+from wsss.platform.datasets.manifest import ORACLE_MASK_DIR, ManifestRow, load_dataset
+from wsss.platform.datasets.synthetic.writing import build_synthetic_dataset
 from wsss.platform.runners import (
     CamFileError,
     StepInputError,
@@ -23,7 +24,14 @@ from wsss.platform.runners import (
     summaries_by_split,
 )
 from wsss.platform.runners.cams import cam_rows
-from wsss.platform.runners.segmentation import evaluation_rows, evaluation_variants
+from wsss.platform.runners.classifier import classifier_task
+from wsss.platform.runners.irnet import irnet_task
+from wsss.platform.runners.outputs import Step1Output
+from wsss.platform.runners.segmentation import (
+    evaluation_rows,
+    evaluation_variants,
+    segmenter_task,
+)
 from wsss.stages.metrics import ConfusionMatrix
 
 
@@ -184,3 +192,22 @@ def test_a_cut_short_cam_file_is_named(tmp_path: Path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CamFileError, match=f"^{re.escape(str(path))} cannot be read "):
         read_cams(tmp_path / "step1-abc" / "cams", "img1")
+
+
+def test_each_step_trains_in_the_precision_its_config_names(tmp_path: Path):
+    overrides = ["step2.backbone_from=weights", "step3.encoder_from=weights"]
+    synthetic = SyntheticConfig(num_classes=4, image_size=32, train_images=4, val_images=2,
+                                test_images=2, workers=1)  # fmt: skip
+    build_synthetic_dataset(tmp_path / "data", synthetic, seed=0)
+    info, rows = load_dataset(tmp_path / "data")
+    step1 = Step1Output(tmp_path / "step1", {r.id: 1.0 for r in rows if r.split == "train"})
+    step1.ir_label_dir.mkdir(parents=True)
+    for precision in ("fp32", "bf16"):
+        precisions = [f"step{n}.precision={precision}" for n in (1, 2, 3)]
+        config = load_config("smoke", overrides=[*overrides, *precisions])
+        tasks = [
+            classifier_task(config, info, rows)[0],
+            irnet_task(config, info, rows, step1),
+            segmenter_task(config, info, rows, step1.ir_label_dir, step1),
+        ]
+        assert [task.precision for task in tasks] == [precision] * 3

@@ -189,6 +189,40 @@ def test_a_train_step_takes_one_optimizer_step_and_the_schedule_stops_at_its_end
     assert model.weight.item() == 0.375 and scheduler.last_epoch == 2
 
 
+def _recorded_square_of_output(
+    dtypes: list[torch.dtype], model: nn.Module, batch: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    output = model(batch["x"])
+    dtypes.append(output.dtype)
+    return (output.float() ** 2).sum()
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_a_bf16_train_step_runs_the_model_in_bfloat16_and_keeps_float32_weights(
+    precision, dtype
+) -> None:
+    dtypes: list[torch.dtype] = []
+    task = TrainTask(
+        name="scalar",
+        build_model=functools.partial(nn.Linear, 1, 1, bias=False),
+        param_groups=_quarter_lr,
+        batch_loss=functools.partial(_recorded_square_of_output, dtypes),
+        train_data=EpochData([], _from_items, seed=0),
+        epochs=1,
+        batch_size=1,
+        momentum=0.0,
+        poly_power=None,
+        precision=precision,
+    )
+    model = task.build_model()
+    nn.init.constant_(model.weight, 1.0)
+    optimizer = make_optimizer(task, model)
+    # loss w^2, gradient 2w: w 1 -> 1 - 0.25 * 2 = 0.5, exact in bfloat16 too.
+    assert train_step(task, model, {"x": torch.ones(1, 1)}, optimizer, None, 1) == 1.0
+    assert dtypes == [dtype]
+    assert model.weight.dtype == torch.float32 and model.weight.item() == 0.5
+
+
 def test_evaluate_scores_every_batch_in_eval_mode_and_summarises_them_once() -> None:
     task = _task(_mse, epochs=1)
     model = task.build_model()

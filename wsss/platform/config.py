@@ -139,7 +139,16 @@ class CRFConfig(StrictModel):
     gt_prob: float = Field(0.7, gt=0.0, lt=1.0, description="label-CRF confidence in the labels")
 
 
-class ClassificationConfig(StrictModel):
+class TrainedStepConfig(StrictModel):
+    """What every trained step shares."""
+
+    # bf16 runs the forward and backward passes under `torch.autocast` (bfloat16), the losses
+    # and the weights in float32. It pays where the chip has native bf16 (recent GPUs, x86 CPUs
+    # with AVX-512 BF16 or AMX); elsewhere the CPU emulates it and training is slower.
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="training arithmetic")
+
+
+class ClassificationConfig(TrainedStepConfig):
     """Step 1: multi-label classifier, CAMs, CRF and IRNet's confident labels (paper 3.1)."""
 
     backbone: str = "vgg16_oaa"
@@ -209,7 +218,7 @@ class ClassificationConfig(StrictModel):
         return self
 
 
-class IRNetConfig(StrictModel):
+class IRNetConfig(TrainedStepConfig):
     """Step 2: IRNet boundary + displacement branches and the random walk (paper 3.2)."""
 
     backbone: str = "resnet50"
@@ -279,7 +288,7 @@ class TTAConfig(StrictModel):
         return _check_scales(value)
 
 
-class SegmentationConfig(StrictModel):
+class SegmentationConfig(TrainedStepConfig):
     """Step 3: DeepLabV3+ trained on the pseudo masks, with test-time augmentation (3.3, 3.4)."""
 
     encoder: str = "resnet50"

@@ -163,6 +163,8 @@ class TrainTask:
     eval_summary: EvalSummary | None = None
     select_metric: str | None = None
     seed: int = 0
+    # "bf16": each training batch's forward and backward under bfloat16 autocast.
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 @dataclass
@@ -277,9 +279,11 @@ def train_step(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     total_steps: int,
 ) -> float:
-    """One optimizer step of `task` on `batch` (the schedule stops at `total_steps`); the
-    batch's loss."""
-    loss = task.batch_loss(model, batch)
+    """One optimizer step of `task` on `batch` (the schedule stops at `total_steps`), in
+    `task.precision`; the batch's loss."""
+    device = next(iter(batch.values())).device.type
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=task.precision == "bf16"):
+        loss = task.batch_loss(model, batch)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

@@ -132,6 +132,7 @@ def classifier_task(
         eval_summary=_f1_summary,
         select_metric="f1_macro",
         seed=config.seed,
+        precision=step1.precision,
     )
     return task, names
 

@@ -145,6 +145,7 @@ def irnet_task(
         momentum=step2.momentum,
         weight_decay=step2.weight_decay,
         seed=config.seed,
+        precision=step2.precision,
     )
 
 

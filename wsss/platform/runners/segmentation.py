@@ -152,6 +152,7 @@ def segmenter_task(
         eval_summary=functools.partial(_miou_summary, num_classes=num_classes),
         select_metric="val_miou",
         seed=config.seed,
+        precision=step3.precision,
     )
 
 

@@ -6,5 +6,6 @@ import torch.nn.functional as F
 
 def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean binary cross-entropy of class logits [B, K] against multi-hot targets [B, K]: each
-    class is its own yes/no question, as an image holds any number of them."""
-    return F.binary_cross_entropy_with_logits(logits, targets)
+    class is its own yes/no question, as an image holds any number of them. Computed in
+    float32 whatever the logits' precision."""
+    return F.binary_cross_entropy_with_logits(logits.float(), targets.float())

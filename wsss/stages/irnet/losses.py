@@ -132,8 +132,11 @@ def loss_on_ir_labels(
         radius: pairs with squared distance below ``radius²``.
 
     The labels are read at the feature stride, at the centre of each 4×4 cell (IRNet's
-    sampling); the boundary goes through a sigmoid before the pair affinities.
+    sampling); the boundary goes through a sigmoid before the pair affinities. Computed in
+    float32 whatever the outputs' precision: in bfloat16, ``1 + EPS`` is 1 and a pair of
+    affinity 1 would cost log(0).
     """
+    boundary_logits, displacement = boundary_logits.float(), displacement.float()
     height, width = boundary_logits.shape[-2:]
     offset = FEATURE_STRIDE // 2
     sampled = ir_labels[:, offset::FEATURE_STRIDE, offset::FEATURE_STRIDE][:, :height, :width]
