@@ -94,6 +94,17 @@ def test_displacement_mean_is_tracked_in_training_and_removed_in_eval(frozen_res
     torch.testing.assert_close(evaluated, trained - expected_mean.view(1, 2, 1, 1))
 
 
+def test_the_displacement_mean_stays_float32_under_bf16_autocast(frozen_resnet18):
+    model = frozen_resnet18.train()
+    model.displacement_branch.fuse_all[2].running_mean.zero_()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        displacement = model(torch.randn(2, 3, 32, 32))[1]
+    assert displacement.dtype == torch.bfloat16
+    running_mean = model.displacement_branch.fuse_all[2].running_mean
+    assert running_mean.dtype == torch.float32
+    torch.testing.assert_close(running_mean, 0.1 * displacement.float().mean(dim=(0, 2, 3)))
+
+
 class KnownBoundary(nn.Module):
     """Boundary logits = a fixed ``[1, 2]`` map + the input's mean; records its input."""
 

@@ -1,7 +1,9 @@
 """What every step shares: its inputs checked in the driver, the splits it is scored on, where
 its models run, and step 1's CAM files read back."""
 
+import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ from wsss.platform.runners.segmentation import (
     evaluation_variants,
     segmenter_task,
 )
+from wsss.platform.training import make_optimizer, train_step
 from wsss.stages.metrics import ConfusionMatrix
 
 
@@ -194,20 +197,28 @@ def test_a_cut_short_cam_file_is_named(tmp_path: Path):
         read_cams(tmp_path / "step1-abc" / "cams", "img1")
 
 
-def test_each_step_trains_in_the_precision_its_config_names(tmp_path: Path):
+def test_each_step_trains_in_the_precision_its_config_names(ray_cluster, tmp_path: Path):
+    """Each step's task carries its `precision`, and each step's model and loss take a
+    training step in bf16 on a batch of its own data."""
     overrides = ["step2.backbone_from=weights", "step3.encoder_from=weights"]
     synthetic = SyntheticConfig(num_classes=4, image_size=32, train_images=4, val_images=2,
                                 test_images=2, workers=1)  # fmt: skip
     build_synthetic_dataset(tmp_path / "data", synthetic, seed=0)
     info, rows = load_dataset(tmp_path / "data")
     step1 = Step1Output(tmp_path / "step1", {r.id: 1.0 for r in rows if r.split == "train"})
-    step1.ir_label_dir.mkdir(parents=True)
+    true_masks = info.root / ORACLE_MASK_DIR
+    shutil.copytree(true_masks, step1.ir_label_dir)
     for precision in ("fp32", "bf16"):
         precisions = [f"step{n}.precision={precision}" for n in (1, 2, 3)]
         config = load_config("smoke", overrides=[*overrides, *precisions])
         tasks = [
             classifier_task(config, info, rows)[0],
             irnet_task(config, info, rows, step1),
-            segmenter_task(config, info, rows, step1.ir_label_dir, step1),
+            segmenter_task(config, info, rows, true_masks, step1),
         ]
         assert [task.precision for task in tasks] == [precision] * 3
+    for task in tasks:
+        batch = next(iter(task.train_data.worker_dataset(0, 0, 1).iter_torch_batches(batch_size=2)))
+        model = task.build_model()
+        loss = train_step(task, model, batch, make_optimizer(task, model), None, 1)
+        assert math.isfinite(loss), task.name

@@ -110,7 +110,8 @@ class MeanShift(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
             with torch.no_grad():
-                batch_mean = x.mean(dim=(0, 2, 3))
+                # In the buffer's float32 also when the field comes in bfloat16 (autocast).
+                batch_mean = x.to(self.running_mean.dtype).mean(dim=(0, 2, 3))
                 self.running_mean.lerp_(batch_mean, self.momentum)
             return x
         return x - self.running_mean.view(1, -1, 1, 1)
