@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 import ray.cloudpickle
 import ray.data
 import ray.train.torch
@@ -357,11 +356,7 @@ def test_training_never_hands_batch_norm_a_batch_of_one(ray_cluster, tmp_path: P
 
 
 def _alive_actor_classes() -> set[str]:
-    """Of this session's cluster: without an address Ray's state API asks whichever cluster
-    holds the default dashboard port, which another run on the machine may have."""
-    dashboard = f"http://{ray._private.worker.get_dashboard_url()}"
-    alive = list_actors(address=dashboard, filters=[("state", "=", "ALIVE")])
-    return {actor.class_name for actor in alive}
+    return {actor.class_name for actor in list_actors(filters=[("state", "=", "ALIVE")])}
 
 
 def test_fit_hands_ctrl_c_back_and_lets_its_controller_go(ray_cluster, tmp_path: Path):
