@@ -362,13 +362,17 @@ def _alive_actor_classes() -> set[str]:
 def test_fit_hands_ctrl_c_back_and_lets_its_controller_go(ray_cluster, tmp_path: Path):
     """Ray Train's Ctrl-C handler, which aborts the run and holds its controller actor, is
     replaced by the driver's own once `fit` returns: the controller and its dataset manager
-    then end, and Ctrl-C interrupts whatever the driver does next."""
-    ours = signal.getsignal(signal.SIGINT)
-    fit(_task(_mse, 1), RayConfig(), tmp_path, "handed_back")
-    assert signal.getsignal(signal.SIGINT) is ours
-    deadline = time.monotonic() + 60
-    while {"TrainController", "DatasetManager"} & _alive_actor_classes():
-        assert time.monotonic() < deadline, _alive_actor_classes()
-        time.sleep(0.5)
-    with pytest.raises(KeyboardInterrupt):
-        signal.raise_signal(signal.SIGINT)
+    then end, and Ctrl-C interrupts whatever the driver does next. The driver's handler is
+    Python's own, set here: whatever an earlier test in this process left does not decide it."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        fit(_task(_mse, 1), RayConfig(), tmp_path, "handed_back")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        deadline = time.monotonic() + 60
+        while {"TrainController", "DatasetManager"} & _alive_actor_classes():
+            assert time.monotonic() < deadline, _alive_actor_classes()
+            time.sleep(0.5)
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, before)
