@@ -363,7 +363,8 @@ def test_fit_hands_ctrl_c_back_and_lets_its_controller_go(ray_cluster, tmp_path:
     """Ray Train's Ctrl-C handler, which aborts the run and holds its controller actor, is
     replaced by the driver's own once `fit` returns: the controller and its dataset manager
     then end, and Ctrl-C interrupts whatever the driver does next. The driver's handler is
-    Python's own, set here: whatever an earlier test in this process left does not decide it."""
+    Python's own, set here: a suite started in the background by a shell without job control
+    inherits SIGINT ignored, which Python then keeps (and which `fit` rightly hands back)."""
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         fit(_task(_mse, 1), RayConfig(), tmp_path, "handed_back")
