@@ -28,8 +28,10 @@ from wsss.platform.training import (
     fit,
     make_optimizer,
     make_scheduler,
+    native_bf16_cpu,
     registered_epoch,
     train_step,
+    trains_in_bf16,
 )
 
 ROWS = 128
@@ -197,7 +199,14 @@ def _recorded_square_of_output(
     return (output.float() ** 2).sum()
 
 
-@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+@pytest.mark.parametrize(
+    "precision, dtype",
+    [
+        ("fp32", torch.float32),
+        ("bf16", torch.bfloat16),
+        ("auto", torch.bfloat16 if native_bf16_cpu() else torch.float32),
+    ],
+)
 def test_a_bf16_train_step_runs_the_model_in_bfloat16_and_keeps_float32_weights(
     precision, dtype
 ) -> None:
@@ -221,6 +230,36 @@ def test_a_bf16_train_step_runs_the_model_in_bfloat16_and_keeps_float32_weights(
     assert train_step(task, model, {"x": torch.ones(1, 1)}, optimizer, None, 1) == 1.0
     assert dtypes == [dtype]
     assert model.weight.dtype == torch.float32 and model.weight.item() == 0.5
+
+
+@pytest.mark.parametrize(
+    "flags, native",
+    [
+        ("fpu sse2 avx2 avx512f avx512bw", False),
+        ("fpu sse2 avx2 avx512f avx512_bf16", True),
+        ("fpu sse2 avx2 amx_bf16 amx_tile", True),
+    ],
+)
+def test_a_cpu_computes_bf16_natively_where_linux_lists_its_bf16_flags(
+    flags: str, native: bool, tmp_path: Path
+) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    # Two processors, as Linux lists each; "flags" but not "vmx flags" counts.
+    processor = f"processor\t: 0\nflags\t\t: {flags}\nvmx flags\t: avx512_bf16\n\n"
+    cpuinfo.write_text(processor + processor.replace(": 0", ": 1"))
+    assert native_bf16_cpu(cpuinfo) is native
+    assert native_bf16_cpu(tmp_path / "absent") is False
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_trains_in_bf16_only_where_the_device_computes_it_natively(
+    native: bool, monkeypatch
+) -> None:
+    monkeypatch.setattr(training, "native_bf16_cpu", lambda: native)
+    assert trains_in_bf16("auto", "cpu") is native
+    assert trains_in_bf16("auto", "mps") is False  # no bfloat16 check there: float32
+    for device in ("cpu", "mps"):
+        assert trains_in_bf16("bf16", device) and not trains_in_bf16("fp32", device)
 
 
 def test_evaluate_scores_every_batch_in_eval_mode_and_summarises_them_once() -> None:

@@ -144,8 +144,11 @@ class TrainedStepConfig(StrictModel):
 
     # bf16 runs the forward and backward passes under `torch.autocast` (bfloat16), the losses
     # and the weights in float32. It pays where the chip has native bf16 (recent GPUs, x86 CPUs
-    # with AVX-512 BF16 or AMX); elsewhere the CPU emulates it and training is slower.
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="training arithmetic")
+    # with AVX-512 BF16 or AMX); elsewhere the CPU emulates it and training is slower, so auto
+    # takes bf16 only there, deciding on each worker's device.
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="training arithmetic: fp32, bf16, or auto (bf16 where native)"
+    )
 
 
 class ClassificationConfig(TrainedStepConfig):

@@ -163,8 +163,9 @@ class TrainTask:
     eval_summary: EvalSummary | None = None
     select_metric: str | None = None
     seed: int = 0
-    # "bf16": each training batch's forward and backward under bfloat16 autocast.
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # "bf16": each training batch's forward and backward under bfloat16 autocast; "auto": so
+    # where the worker's device computes bfloat16 natively (`trains_in_bf16`).
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
 
 
 @dataclass
@@ -271,6 +272,35 @@ def _in_lockstep(batches: Iterator[dict[str, torch.Tensor]]) -> Iterator[dict[st
         yield batch
 
 
+CPUINFO = Path("/proc/cpuinfo")
+# x86 flags of bfloat16 arithmetic in hardware (AVX-512 BF16, AMX); without them PyTorch
+# emulates bfloat16 on the CPU, slower than float32.
+NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@functools.cache
+def native_bf16_cpu(cpuinfo: Path = CPUINFO) -> bool:
+    """Whether this machine's CPU computes bfloat16 natively, as Linux lists its flags in
+    `cpuinfo`; False where that cannot be read (another system: trained in float32)."""
+    try:
+        lines = cpuinfo.read_text().splitlines()
+    except OSError:
+        return False
+    flags = {flag for line in lines if line.startswith("flags") for flag in line.split()}
+    return bool(NATIVE_BF16_CPU_FLAGS & flags)
+
+
+def trains_in_bf16(precision: str, device: str) -> bool:
+    """Whether a training step in `precision` runs under bfloat16 autocast on `device` (a torch
+    device type): always in bf16, never in fp32, with auto where the device computes bfloat16
+    natively (a CUDA GPU from Ampere on, a CPU with `NATIVE_BF16_CPU_FLAGS`)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device == "cpu" and native_bf16_cpu()
+
+
 def train_step(
     task: TrainTask,
     model: nn.Module,
@@ -282,7 +312,9 @@ def train_step(
     """One optimizer step of `task` on `batch` (the schedule stops at `total_steps`), in
     `task.precision`; the batch's loss."""
     device = next(iter(batch.values())).device.type
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=task.precision == "bf16"):
+    with torch.autocast(
+        device, dtype=torch.bfloat16, enabled=trains_in_bf16(task.precision, device)
+    ):
         loss = task.batch_loss(model, batch)
     optimizer.zero_grad()
     loss.backward()
@@ -368,6 +400,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
         if rank == 0:
             logger.info(f"[{task.name}] resuming after epoch {start_epoch} from {checkpoint.path}")
+    if rank == 0 and task.precision == "auto":
+        device = ray.train.torch.get_device().type
+        chosen = "bf16" if trains_in_bf16("auto", device) else "fp32"
+        logger.info(f"[{task.name}] precision auto: training in {chosen} on {device}")
 
     def train_batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         dataset = _worker_dataset(task.train_data, epoch)
