@@ -1,9 +1,12 @@
 """Class filtering and balancing on hand-made manifest rows with counts worked out by hand."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from wsss.platform.datasets.manifest import ManifestRow
+from wsss.platform.config import load_config
+from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow
 from wsss.platform.loaders.balance import (
     balance,
     balance_report,
@@ -12,6 +15,7 @@ from wsss.platform.loaders.balance import (
     remove_classes,
     repeat_to_size,
 )
+from wsss.platform.runners.classifier import classifier_task
 
 
 def _row(row_id: str, *labels: str) -> ManifestRow:
@@ -159,3 +163,20 @@ def test_repeat_to_size_leaves_a_long_enough_or_empty_set_alone() -> None:
     assert repeat_to_size(rows, 2, seed=0) == rows
     assert repeat_to_size(rows, 1, seed=0) == rows
     assert repeat_to_size([], 5, seed=0) == []
+
+
+@pytest.mark.parametrize(("balanced_epoch", "epoch_rows"), [("balanced", 7), ("train_size", 8)])
+def test_step1_trains_on_the_balanced_rows_repeated_to_the_train_size_when_asked(
+    balanced_epoch: str, epoch_rows: int, tmp_path: Path
+) -> None:
+    # `both` keeps 7 of the 8 train rows (above); `train_size` repeats them to the split's 8.
+    config = load_config("smoke")
+    config.data.balance = "both"
+    config.data.balanced_epoch = balanced_epoch
+    info = DatasetInfo("hand", "synthetic", tmp_path, ["background", "cat", "dog", "bird"])
+    val = ManifestRow(id="v1", image="images/v1.jpg", split="val", labels=("dog",))
+    task, names = classifier_task(config, info, [*ROWS, val])
+
+    assert names == ["cat", "dog", "bird"]
+    assert len(task.train_data.items) == epoch_rows
+    assert len(task.val_data.items) == 1
