@@ -131,10 +131,12 @@ def _data_stats(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from wsss.platform.ray_cluster import refuse_for_the_local_cluster
     from wsss.platform.report import REPORT_FILE, format_table2
     from wsss.platform.run import LOG_FILE, StepFailedError, run_folder, run_pipeline
 
     config = _config(args)
+    refuse_for_the_local_cluster(config.ray)  # before the runs folder and its MLflow store
     # Resolved here, where the command starts: Ray workers do not run in this folder.
     runs_dir = writable_runs_folder(args.runs_dir)
     with (
@@ -161,15 +163,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from wsss.platform.ray_cluster import refuse_for_the_local_cluster
     from wsss.platform.sweep import plan_sweep, read_plan, run_sweep
 
     if args.resume:
         folder = args.resume.resolve()
         read_plan(folder)  # a folder that is no sweep's fails here, before any work
     else:
+        config = _config(args)
+        refuse_for_the_local_cluster(config.ray)
         folder = plan_sweep(
             args.space,
-            _config(args),
+            config,
             writable_runs_folder(args.runs_dir),
             args.num_samples,
             args.max_concurrent,

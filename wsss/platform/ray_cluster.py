@@ -80,10 +80,7 @@ def ray_session(config: RayConfig, training: bool = True) -> Iterator[str]:
     `training`, only what inference asks); a local cluster has the config's own CPUs, so what
     they cannot hold is refused before it starts.
     """
-    if not ray.is_initialized() and not (config.address or os.environ.get("RAY_ADDRESS")):
-        # Its GPUs are known only once Ray has found them: checked on connecting.
-        planned = ClusterCapacity(gpus=math.inf, node_cpus=(config.num_cpus,))
-        _refuse(unmet_requests(config, planned, training))
+    refuse_for_the_local_cluster(config, training)
     with _connection(config) as where:
         require_resources(config, training)
         yield where
@@ -253,6 +250,16 @@ def unmet_requests(
             f"the cluster ({nodes} CPUs) a whole CPU for Ray Data"
         )
     return problems
+
+
+def refuse_for_the_local_cluster(config: RayConfig, training: bool = True) -> None:
+    """Where `ray_session` would start a local cluster, raise `ConfigError` listing every
+    request of `config` that cluster's CPUs could not meet: callable before a command writes
+    anything (a joined cluster is only known on connecting, `require_resources`)."""
+    if not ray.is_initialized() and not (config.address or os.environ.get("RAY_ADDRESS")):
+        # Its GPUs are known only once Ray has found them: checked on connecting.
+        planned = ClusterCapacity(gpus=math.inf, node_cpus=(config.num_cpus,))
+        _refuse(unmet_requests(config, planned, training))
 
 
 def require_resources(config: RayConfig, training: bool = True) -> None:
