@@ -306,6 +306,7 @@ def test_training_learns_and_evaluates_every_val_row_with_the_next_epoch_on_its_
     ray_cluster, tmp_path: Path
 ):
     task = _task(_mse, 4)
+    task.precision = "auto"
     folder = tmp_path / "events"
     folder.mkdir()
     recorded = functools.partial(_from_items_recorded, folder=str(folder))
@@ -322,6 +323,8 @@ def test_training_learns_and_evaluates_every_val_row_with_the_next_epoch_on_its_
     assert [row["epoch"] for row in output.history] == [1, 2, 3, 4]
     assert losses[-1] < 0.5 * losses[0]
     assert all(row["count"] == ROWS for row in output.history)  # both workers' shares gathered
+    # What `auto` trained in, each epoch, as the run's history (and MLflow) keeps it.
+    assert [row["bf16"] for row in output.history] == [float(training.native_bf16_cpu())] * 4
     # Each worker decodes its validation share once, not once an epoch, and makes (and starts)
     # each epoch's training data before the epoch before it validates.
     events = _events_by_worker(folder)

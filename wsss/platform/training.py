@@ -400,9 +400,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
         if rank == 0:
             logger.info(f"[{task.name}] resuming after epoch {start_epoch} from {checkpoint.path}")
+    device = ray.train.torch.get_device().type
+    in_bf16 = trains_in_bf16(task.precision, device)
     if rank == 0 and task.precision == "auto":
-        device = ray.train.torch.get_device().type
-        chosen = "bf16" if trains_in_bf16("auto", device) else "fp32"
+        chosen = "bf16" if in_bf16 else "fp32"
         logger.info(f"[{task.name}] precision auto: training in {chosen} on {device}")
 
     def train_batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -428,6 +429,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "loss": float(np.mean(losses)) if losses else math.nan,
+            # What `auto` became, per epoch: a run resumed on another machine may differ.
+            "bf16": float(in_bf16),
         }
         eval_metrics, extras = ({}, {})
         if val_dataset is not None:
@@ -444,7 +447,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             best_metrics, best_extras = dict(metrics), extras
         if rank == 0:
             shown = " ".join(
-                f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("epoch", "epoch_s")
+                f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("epoch", "epoch_s", "bf16")
             )
             took = metrics["epoch_s"]
             so_far = eta_text(sum(row["epoch_s"] for row in history), epoch + 1, task.epochs)
