@@ -1,21 +1,21 @@
 """What batch inference on the platform costs over a plain loop: CAM extraction, pseudo masks
 and the evaluation with TTA, each on the preset's synthetic data set at its own size.
 
-For each pass, the same images go through the same actor class, with the same settings:
+For each pass, the same images go through the same model class, with the same settings:
 - platform: the runner's own function, as a run calls it, on a local Ray cluster of the
   preset's `ray` settings (`cams.write_cam_files` for step 1's CAMs, `irnet.make_pseudo_masks`
   for step 2's pseudo masks, `segmentation.evaluate_segmenter` with the variants a run scores,
-  the plain model and its TTA): Ray Data's actor pool, one single-threaded actor per CPU, the
-  driver summing what the actors return. Timed from the call to its return, so the actors'
+  the plain model and its TTA): Ray Data's single-CPU tasks, one per CPU at a time, the
+  driver summing what they return. Timed from the call to its return, so the workers'
   start-up (worker processes importing torch, each loading its model) is inside; the cluster's
   own start-up is not.
-- plain: one process without Ray, which makes the actor (`CamExtractor`, `PseudoMaskWriter`,
+- plain: one process without Ray, which makes the model class (`CamExtractor`, `PseudoMaskWriter`,
   `SegmenterScorer`: its model loaded, timed too) and calls it on the same batches of rows in
   turn, with torch threads set to the cluster's CPUs, and sums its outputs as the runner does.
 `ratio = platform_img_s / plain_img_s`. Both sides must give the same outputs (`outputs_agree`:
 the train images' top scores, every CAM file, the pseudo masks' and the segmenter's scores) up
 to float rounding: a thread count changes the order of a convolution's sums, so the plain loop's
-two threads and the actors' one differ in the last bits (`CAM_TOLERANCE`, `SCORE_TOLERANCE`).
+two threads and the tasks' one differ in the last bits (`CAM_TOLERANCE`, `SCORE_TOLERANCE`).
 
 The models are untrained, built as a run builds them (`classifier_task`, `irnet_task`,
 `segmenter_task`) and saved in each step's format; every class threshold is 0.5. Weights change

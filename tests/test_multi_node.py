@@ -132,7 +132,7 @@ def test_a_submitted_smoke_job_runs_on_both_nodes_and_survives_losing_one_mid_st
 ):
     """The smoke run's trained classifier is reused; a new CAM setting redraws the CAMs and
     dense CRF, so that IRNet, the pseudo masks, DeepLabV3+ and the evaluation run again (one
-    epoch each), with Train workers spread over the nodes and an inference actor per CPU.
+    epoch each), with Train workers spread over the nodes and an inference task per CPU.
 
     The worker node goes down (its raylet killed) as the first dense-CRF task on it ends, and
     `wsss cluster up` puts a new node in its place, as an autoscaler would: Ray Data runs the
@@ -192,8 +192,8 @@ def test_a_submitted_smoke_job_runs_on_both_nodes_and_survives_losing_one_mid_st
         for stage in stages:
             if f"MapBatches({stage})" in task.name and task.node_id:
                 by_stage[stage].add(node_ips[task.node_id])
-    # Every stage ran, and the stages together on both nodes: Ray Data's tasks spread, but an
-    # actor pool may start all its actors on one node.
+    # Every stage ran, and the stages together on both nodes: Ray Data's tasks spread, but
+    # not every stage's over both nodes.
     assert all(by_stage.values()), by_stage
     assert set().union(*by_stage.values()) == {"127.0.0.2", "127.0.0.3"}, by_stage
     train_workers = ray.util.state.list_actors(

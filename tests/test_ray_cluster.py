@@ -95,9 +95,9 @@ def test_every_request_the_cluster_cannot_meet_is_named_with_its_config_keys() -
         "ray.num_workers=8 x ray.cpus_per_worker=4 do not fit on the cluster's nodes (2 CPUs) "
         "with ray.placement_strategy=PACK",
     ]
-    # Without GPUs the inference actors take one CPU each: 3 of them on 2 CPUs.
+    # Without GPUs the inference tasks take one CPU each: 3 of them at once on 2 CPUs.
     assert unmet_requests(RayConfig(num_cpus=3), LAPTOP) == [
-        "ray.num_cpus=3 asks for 3 inference actors of one CPU each; the cluster has 2 CPUs"
+        "ray.num_cpus=3 asks for 3 inference tasks at once of one CPU each; the cluster has 2 CPUs"
     ]
 
 

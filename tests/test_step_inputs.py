@@ -2,8 +2,10 @@
 its models run, and step 1's CAM files read back."""
 
 import math
+import os
 import re
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from wsss.platform.datasets.synthetic.writing import build_synthetic_dataset
 from wsss.platform.runners import (
     CamFileError,
     StepInputError,
-    actor_pool_resources,
+    map_through_model,
     read_cams,
     require_inputs,
     require_split_sizes,
@@ -123,11 +125,44 @@ def test_train_is_scored_with_the_given_labels_val_and_test_also_with_the_predic
     assert summaries["val"]["cam_crf_predicted"]["miou"] == pytest.approx(0.25)
 
 
-def test_models_run_on_one_single_threaded_actor_per_configured_cpu():
-    options = actor_pool_resources(RayConfig(num_cpus=3))
-    assert isinstance(options["compute"], ray.data.ActorPoolStrategy)
-    assert options["compute"].min_size == options["compute"].max_size == 3
-    assert options["num_cpus"] == 1 and "num_gpus" not in options
+def _model_witness() -> type:
+    """A class that stands for a step's model, saying which process made it and which instance
+    it is; made here, so that Ray ships it by value (workers cannot import the tests)."""
+
+    class ModelWitness:
+        def __init__(self, name: str) -> None:
+            self.name, self.instance = name, uuid.uuid4().hex
+
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            n = len(batch["id"])
+            return {"pid": np.full(n, os.getpid()), "instance": np.array([self.instance] * n),
+                    "name": np.array([self.name] * n)}  # fmt: skip
+
+    return ModelWitness
+
+
+def _through_witness(name: str, ray_config: RayConfig) -> list[dict[str, object]]:
+    items = ray.data.from_items([{"id": i} for i in range(24)])
+    mapped = map_through_model(items, _model_witness(), {"name": name}, 4, ray_config)
+    return list(mapped.iter_rows())
+
+
+def test_on_cpus_each_worker_makes_a_model_once_and_keeps_it_for_the_next_pass(ray_cluster):
+    """Batch inference on CPUs: single-CPU tasks, each process making the model the first
+    time it is asked for and reusing it in the next pass; other arguments make another."""
+    ray_config = load_config("smoke").ray
+    first = _through_witness("a", ray_config)
+    second = _through_witness("a", ray_config)
+    assert len(first) == len(second) == 24 and {row["name"] for row in first} == {"a"}
+    by_process: dict[int, set[str]] = {}
+    for row in first + second:
+        by_process.setdefault(row["pid"], set()).add(row["instance"])
+    assert all(len(instances) == 1 for instances in by_process.values()), by_process
+    # The second pass ran (at least partly) in the first one's processes: no actor pool.
+    assert {row["pid"] for row in second} & {row["pid"] for row in first}
+    other = _through_witness("b", ray_config)
+    assert {row["name"] for row in other} == {"b"}
+    assert not {row["instance"] for row in other} & {row["instance"] for row in first}
 
 
 def _rows(train: int, val: int) -> list[ManifestRow]:

@@ -109,7 +109,7 @@ def test_step1_trials_are_stopped_early_by_asha_on_val_f1():
 @pytest.mark.parametrize(
     ("cpus", "gpus", "sets", "fits"),
     [
-        (2, 0, [], 1),  # smoke: 2 workers x 0.5 CPU + 1 for Ray Data, or 2 inference actors
+        (2, 0, [], 1),  # smoke: 2 workers x 0.5 CPU + 1 for Ray Data, or 2 inference tasks
         (8, 0, [], 4),
         (16, 2, ["ray.use_gpu=true", "ray.num_workers=1"], 2),  # one GPU per trial
     ],

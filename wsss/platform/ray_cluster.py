@@ -219,7 +219,7 @@ def unmet_requests(
 ) -> list[str]:
     """What `config` asks of a cluster of `capacity` that it cannot give, one sentence each
     naming the config keys; Ray would otherwise wait forever for the resources. Without
-    `training`, only what inference asks: its actors."""
+    `training`, only what inference asks: its tasks' CPUs or a GPU."""
     problems = []
     gpus = config.num_workers if training else 1
     if config.use_gpu and capacity.gpus < gpus:
@@ -230,8 +230,8 @@ def unmet_requests(
         )
     if not config.use_gpu and config.num_cpus > capacity.cpus:
         problems.append(
-            f"ray.num_cpus={config.num_cpus} asks for {config.num_cpus} inference actors of one "
-            f"CPU each; the cluster has {capacity.cpus:g} CPUs"
+            f"ray.num_cpus={config.num_cpus} asks for {config.num_cpus} inference tasks at once "
+            f"of one CPU each; the cluster has {capacity.cpus:g} CPUs"
         )
     if not training:
         return problems

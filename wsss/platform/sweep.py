@@ -124,7 +124,7 @@ def check_space(space: SearchSpace, base: Mapping[str, Any]) -> None:
 
 def trial_capacity(config: WsssConfig, resources: Mapping[str, float]) -> int:
     """How many trials fit the cluster at once: each needs its training workers' CPUs plus one
-    for Ray Data's decoding, or its inference actors' CPUs (`ray.num_cpus`), whichever is more,
+    for Ray Data's decoding, or its inference tasks' CPUs (`ray.num_cpus`), whichever is more,
     and with GPUs one per training worker. Fewer would leave trials waiting on each other's
     placement groups, or Ray Data without a CPU, which hangs."""
     ray_config = config.ray

@@ -4,7 +4,7 @@ Only the row metadata (ids, paths, labels) passes through the driver; images are
 augmented inside Ray Data map tasks, block by block, so memory does not grow with the data set.
 Each Train worker builds its share of the data every epoch (`training_dataset`, through
 `wsss.platform.training.EpochData`) and reads it with `iter_torch_batches()`; batch inference
-maps the same kind of dataset through an actor pool.
+maps the same kind of dataset through a step's model (`runners.map_through_model`).
 
 A row whose image or mask cannot be read is logged with the file and the reason and dropped;
 the rest of the data set goes on.

@@ -1,7 +1,7 @@
 """The three steps wired to Ray Data and Ray Train; each reads the previous step's artifacts.
 
 What the steps share: the splits scored against pixel ground truth, the check that a step's
-inputs exist before any work, how models run on an actor pool (CPU cores or GPUs), and how the
+inputs exist before any work, how models run (tasks on CPU cores, actors on GPUs), and how the
 per-batch confusion matrices of a scoring pass are summed with progress shown.
 """
 
@@ -93,43 +93,77 @@ def scored_splits(rows: Sequence[ManifestRow], among: Sequence[str] = SCORED_SPL
 
 
 def inference_device() -> torch.device:
-    """The device of an inference actor: its GPU where Ray gave it one, else the CPU."""
+    """The device of batch inference: its GPU where Ray gave it one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def map_on_actor_pool(
+def map_through_model(
     dataset: ray.data.Dataset,
-    actor: type,
+    model_class: type,
     constructor_kwargs: dict[str, Any],
     batch_size: int,
     ray_config: RayConfig,
 ) -> ray.data.Dataset:
-    """`dataset` mapped batch by batch through `actor(**constructor_kwargs)`, a class that
-    loads its model once, on the `actor_pool_resources` pool: how every step's batch inference
-    runs."""
+    """`dataset` mapped batch by batch through `model_class(**constructor_kwargs)`, a callable
+    that loads its model when made: how every step's batch inference runs. With
+    `ray.use_gpu`, on a pool of one actor per GPU of the cluster; on CPUs, as single-CPU tasks,
+    `ray.num_cpus` at a time, each worker process making the callable once and keeping it
+    (`loaded_model`)."""
+    options: dict[str, Any] = {"batch_size": batch_size, "batch_format": "numpy"}
+    if ray_config.use_gpu:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        return dataset.map_batches(
+            model_class,
+            fn_constructor_kwargs=constructor_kwargs,
+            compute=ray.data.ActorPoolStrategy(size=max(1, gpus)),
+            num_gpus=1,
+            **options,
+        )
+    # Ray runs a job's CPU tasks in the worker processes it keeps, where an actor pool starts
+    # new ones every pass: a pass after the first (the pseudo masks after the CAMs, the
+    # evaluation, a sweep's trials) finds PyTorch imported and, the same model asked for
+    # again, loaded. Ray gives a GPU task a new process every time, hence the actors there.
     return dataset.map_batches(
-        actor,
-        fn_constructor_kwargs=constructor_kwargs,
-        batch_size=batch_size,
-        batch_format="numpy",
-        **actor_pool_resources(ray_config),
+        _through_loaded(model_class),
+        fn_kwargs={"constructor_kwargs": constructor_kwargs},
+        compute=ray.data.TaskPoolStrategy(size=ray_config.num_cpus),
+        num_cpus=1,
+        **options,
     )
 
 
-def actor_pool_resources(ray_config: RayConfig) -> dict[str, Any]:
-    """`map_batches` options of an inference actor pool: one actor per GPU of the cluster with
-    `ray.use_gpu`, else one single-threaded actor per configured CPU."""
-    if ray_config.use_gpu:
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        return {"compute": ray.data.ActorPoolStrategy(size=max(1, gpus)), "num_gpus": 1}
-    return {"compute": ray.data.ActorPoolStrategy(size=ray_config.num_cpus), "num_cpus": 1}
+def _through_loaded(model_class: type) -> Callable[..., dict[str, np.ndarray]]:
+    def run(batch: dict[str, np.ndarray], constructor_kwargs: dict[str, Any]) -> dict:
+        return loaded_model(model_class, constructor_kwargs)(batch)
+
+    # Ray names the stage after the function: the dashboard and task list show the model's.
+    run.__name__ = run.__qualname__ = model_class.__name__
+    return run
+
+
+# This process's last inference callable: ((module, class name), constructor kwargs, instance).
+_loaded: tuple[tuple[str, str], dict[str, Any], Any] | None = None
+
+
+def loaded_model(model_class: type, constructor_kwargs: dict[str, Any]) -> Any:
+    """`model_class(**constructor_kwargs)`, made once in this process and kept until another
+    is asked for: one model at a time in a worker's memory. A model file is never rewritten
+    under its path (the store publishes each in a folder of its own), so equal arguments mean
+    the same model."""
+    global _loaded
+    # By name: a class Ray ships by value arrives as a new object with every task.
+    name = (model_class.__module__, model_class.__qualname__)
+    if _loaded is None or _loaded[0] != name or _loaded[1] != constructor_kwargs:
+        _loaded = None  # the old model's memory goes before the new one's is taken
+        _loaded = (name, constructor_kwargs, model_class(**constructor_kwargs))
+    return _loaded[2]
 
 
 def load_for_inference(
     path: Path | str, build: Callable[[dict[str, Any]], torch.nn.Module]
 ) -> tuple[torch.nn.Module, dict[str, Any], torch.device]:
-    """A step's saved model as an inference actor holds it: on its GPU where Ray gave it one,
-    else on the CPU with one thread (the pool has an actor per CPU). Returns (model in eval
+    """A step's saved model as batch inference holds it: on its GPU where Ray gave it one,
+    else on the CPU with one thread (a task per CPU runs at a time). Returns (model in eval
     mode, the model file's dict, the device)."""
     torch.set_num_threads(1)
     device = inference_device()

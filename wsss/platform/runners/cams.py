@@ -33,7 +33,7 @@ from wsss.platform.runners import (
     CamLabels,
     confusion_batch,
     inference_device,
-    map_on_actor_pool,
+    map_through_model,
     read_cams,
     remove_this_node_once,
     require_inputs,
@@ -258,10 +258,10 @@ def write_cam_files(
     model_files: list[Path],
     cam_dir: Path,
 ) -> dict[str, float]:
-    """Write the CAM file of each of `rows` to `cam_dir` (`CamExtractor` on the actor pool);
+    """Write the CAM file of each of `rows` to `cam_dir` (`CamExtractor`, `map_through_model`);
     returns the classifier's highest class score of each train image {id: score}."""
     cam_dir.mkdir(parents=True, exist_ok=True)
-    extracted = map_on_actor_pool(
+    extracted = map_through_model(
         rows_dataset(rows),
         CamExtractor,
         {
@@ -294,7 +294,7 @@ def extract_cams(
     step_dir: Path,
     model_files: list[Path],
 ) -> dict[str, Any]:
-    """CAMs for the train images and those of the scored splits (actor pool), then CRF, IR
+    """CAMs for the train images and those of the scored splits (`map_through_model`), then CRF, IR
     labels and CAM metrics (tasks).
 
     Returns {"metrics": {split: {"cam": summary, "cam_crf": summary}}, "train_top_scores":

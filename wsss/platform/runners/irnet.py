@@ -3,7 +3,7 @@
 
 Training uses only train images whose classifier confidence exceeds `step2.min_confidence`,
 each at every scale of `step2.scales` with the strong augmentation and random crops. Inference
-runs on an actor pool: flip-averaged boundaries, the random walk of each image's CAMs, the
+(`map_through_model`): flip-averaged boundaries, the random walk of each image's CAMs, the
 background threshold, and a palette PNG per image in `pseudo_masks/` (train, val and test);
 the masks are scored against the ground truth (train's where the data set has it), and on val
 and test a second random walk from the CAMs of the predicted classes is scored beside them.
@@ -33,7 +33,7 @@ from wsss.platform.runners import (
     CamLabels,
     confusion_batch,
     load_for_inference,
-    map_on_actor_pool,
+    map_through_model,
     read_cams,
     require_inputs,
     scored_columns,
@@ -255,7 +255,7 @@ def make_pseudo_masks(
         if (r.split == "train" or r.split in splits) and (cam_dir / f"{r.id}.npz").is_file()
     ]
     mask_splits = scored_splits(wanted, MASK_SCORED_SPLITS)
-    confusions = map_on_actor_pool(
+    confusions = map_through_model(
         rows_dataset(wanted),
         PseudoMaskWriter,
         {

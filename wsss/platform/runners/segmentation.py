@@ -1,9 +1,9 @@
 """Step 3 on Ray: DeepLabV3+ trained on step 2's pseudo masks, the best epoch by val mIoU,
 scored on the val and test masks with and without test-time augmentation (paper 3.3, 3.4,
-4.1) in one pass of one actor pool.
+4.1) in one inference pass (`map_through_model`).
 
 Artifacts in the step folder: `segmenter.pt` (weights, encoder, output stride, class list),
-`summary.json`. Predictions for new images go through the `Segmenter` actor class.
+`summary.json`. Predictions for new images go through the `Segmenter` model class.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from wsss.platform.runners import (
     SCORED_SPLITS,
     confusion_batch,
     load_for_inference,
-    map_on_actor_pool,
+    map_through_model,
     require_inputs,
     scored_splits,
     total_confusions,
@@ -273,7 +273,7 @@ def evaluate_segmenter(
     require_inputs("the evaluation", {"step 3's model": model_file})
     splits = scored_splits(rows)
     scored_rows = evaluation_rows(rows)
-    confusions = map_on_actor_pool(
+    confusions = map_through_model(
         rows_dataset(scored_rows),
         SegmenterScorer,
         {"model_file": str(model_file), "root": str(info.root), "variants": variants},
@@ -296,10 +296,10 @@ def segment_images(
     tta: TTAConfig | None,
     ray_config: RayConfig,
 ) -> ray.data.Dataset:
-    """Segment a dataset of {id, image (absolute path)} rows through an actor pool, writing
+    """Segment a dataset of {id, image (absolute path)} rows (`map_through_model`), writing
     masks and overlays to `out_dir` (absolute); the result has each row's `error` ("" if
     written)."""
-    return map_on_actor_pool(
+    return map_through_model(
         images,
         Segmenter,
         {"model_file": str(model_file), "root": "/", "tta": tta, "out_dir": str(out_dir)},
