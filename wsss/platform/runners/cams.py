@@ -53,8 +53,9 @@ from wsss.stages.normalise import to_model_input
 CAM_METRICS = ("cam", "cam_crf")
 # Images per dense-CRF task: enough that Ray's cost per task is small beside the CRF's.
 CRF_BATCH = 8
-# Images per call of a CAM actor.
-CAM_BATCH = 8
+# Images per call of the CAM model: on CPUs a task's, enough that Ray's cost per task is small
+# beside the model's.
+CAM_BATCH = 32
 
 
 class CamExtractor:

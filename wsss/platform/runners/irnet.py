@@ -53,8 +53,8 @@ from wsss.stages.normalise import to_model_input
 # The pseudo masks' metric name (Table 2's step-2 row).
 PSEUDO_MASK_METRIC = "irnet"
 PSEUDO_MASK_COLUMNS = scored_columns([PSEUDO_MASK_METRIC], MASK_SCORED_SPLITS)
-# Images per call of a pseudo-mask actor.
-PSEUDO_MASK_BATCH = 4
+# Images per call of the pseudo-mask model: on CPUs a task's (see `cams.CAM_BATCH`).
+PSEUDO_MASK_BATCH = 32
 
 
 def _build(

@@ -44,8 +44,8 @@ from wsss.stages.segmentation.render import overlay, side_by_side, with_legend
 from wsss.stages.segmentation.tta import predict_labels
 
 logger = logging.getLogger(__name__)
-# Images per call of a scoring actor.
-SCORING_BATCH = 8
+# Images per call of the scoring model: on CPUs a task's (see `cams.CAM_BATCH`).
+SCORING_BATCH = 16
 
 
 def _build(
