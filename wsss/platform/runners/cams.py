@@ -59,7 +59,7 @@ CAM_BATCH = 32
 
 
 class CamExtractor:
-    """Ray Data actor: loads the classifier(s) once, writes each image's CAMs to `cams/`.
+    """Inference callable: loads the classifier(s) once, writes each image's CAMs to `cams/`.
 
     Which classes get a CAM is `selection.cam_classes`; with a binary classifier for an
     excluded class (`merge_binary_cams`), its CAM joins the image's where that class is

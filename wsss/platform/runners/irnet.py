@@ -168,7 +168,7 @@ def train_irnet(
 
 
 class PseudoMaskWriter:
-    """Ray Data actor: loads IRNet once; writes each image's pseudo mask and scores those of
+    """Inference callable: loads IRNet once; writes each image's pseudo mask and scores those of
     the images with a mask (a flattened confusion matrix per `scored_columns` column and
     batch), on val and test also the mask drawn from the predicted classes' CAMs."""
 

@@ -179,7 +179,7 @@ def train_segmenter(
 
 
 class Segmenter:
-    """Ray Data actor: loads the segmenter once; labels whole images at their own size.
+    """Inference callable: loads the segmenter once; labels whole images at their own size.
 
     `tta` None predicts with one plain pass; otherwise the mean of softmax over its flips and
     scales. Input rows need `id` and `image` (a path, absolute or under `root`); each image's
@@ -224,7 +224,7 @@ class Segmenter:
 
 
 class SegmenterScorer:
-    """Ray Data actor: scores the saved segmenter against rows' masks, once per variant ({name:
+    """Inference callable: scores the saved segmenter against rows' masks, once per variant ({name:
     TTA or None}) of one model; a batch returns one flattened confusion matrix per
     `<name>_<split>` of the scored splits."""
 
