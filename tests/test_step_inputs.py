@@ -5,6 +5,7 @@ import math
 import os
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -163,6 +164,28 @@ def test_on_cpus_each_worker_makes_a_model_once_and_keeps_it_for_the_next_pass(r
     other = _through_witness("b", ray_config)
     assert {row["name"] for row in other} == {"b"}
     assert not {row["instance"] for row in other} & {row["instance"] for row in first}
+
+
+def test_the_inference_workers_outlive_the_task_workers_a_fit_starts(ray_cluster):
+    """Task workers started while the inference workers sit idle (as a fit's data tasks start
+    them), idle once they end: Ray must not end the inference workers, idle the longest, to
+    keep to its limit of idle workers, so the pass after them reuses their models."""
+    ray_config = load_config("smoke").ray
+    first = {row["instance"] for row in _through_witness("a", ray_config)}
+
+    # Another runtime environment: new processes, not the idle inference workers.
+    @ray.remote(num_cpus=1, runtime_env={"env_vars": {"WSSS_TEST_FIT_TASKS": "1"}})
+    def fit_task() -> int:
+        time.sleep(1)  # long enough for the tasks to need a process each
+        return os.getpid()
+
+    fit_workers = set(ray.get([fit_task.remote() for _ in range(ray_config.num_cpus * 2)]))
+    assert len(fit_workers) >= 2
+    # Ray ends an idle worker above its limit once it has been idle for a second
+    # (`idle_worker_killing_time_threshold_ms`), the oldest first.
+    time.sleep(3)
+    second = {row["instance"] for row in _through_witness("a", ray_config)}
+    assert second <= first
 
 
 def _rows(train: int, val: int) -> list[ManifestRow]:

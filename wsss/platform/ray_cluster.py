@@ -7,6 +7,7 @@ Its workers reach Ray's state API at the dashboard's address. On connecting, a c
 asks for more than the cluster can give is refused (`require_resources`); before a run, so is
 a cluster of several nodes that do not share the runs folder (`require_shared_storage`).
 
+A local cluster keeps idle inference workers through a fit (`idle_workers_limit`).
 Every worker of a job (local cluster or joined) sets up its logging with
 `wsss.platform.console.setup_worker_logging`, so its `wsss` lines reach the driver's console.
 The driver's Ray Data progress bars are off: the platform counts its stages itself.
@@ -38,6 +39,9 @@ GIB = 1024**3
 DEFAULT_DASHBOARD_PORT = 8265
 WORKER_SETUP_HOOK = "wsss.platform.console.setup_worker_logging"
 DASHBOARD_PORT_LOCK = "wsss-dashboard-port.lock"
+# The processes a Ray Train fit starts besides its workers: the controller, its placement-group
+# cleaner, synchronization actor, dataset manager and preemption watcher.
+FIT_HELPER_PROCESSES = 5
 
 
 def _dashboard_port(host: str, preferred: int = DEFAULT_DASHBOARD_PORT) -> int:
@@ -119,6 +123,7 @@ def _connection(config: RayConfig) -> Iterator[str]:
             _memory=int(config.memory_gb * GIB),
             object_store_memory=int(config.object_store_gb * GIB),
             _node_ip_address=config.node_ip_address,
+            _system_config={"num_workers_soft_limit": idle_workers_limit(config)},
             include_dashboard=True,
             dashboard_host=config.dashboard_host,
             dashboard_port=dashboard_port,
@@ -141,6 +146,16 @@ def _connection(config: RayConfig) -> Iterator[str]:
         )
     finally:
         ray.shutdown()
+
+
+def idle_workers_limit(config: RayConfig) -> int:
+    """Ray's `num_workers_soft_limit` for a local cluster: above it the raylet ends idle worker
+    processes, the longest idle first. At Ray's default, the CPU count, the task workers a fit's
+    data pipelines leave idle pushed out the inference workers that sat idle during the fit,
+    with PyTorch imported and their model made, and the next pass started new ones. This
+    leaves room for one inference worker per CPU beside as many idle processes as a fit runs
+    (its workers and helpers); each idle one holds its imports' memory until the job ends."""
+    return config.num_cpus + config.num_workers + FIT_HELPER_PROCESSES
 
 
 @contextmanager
