@@ -83,7 +83,13 @@ def test_a_client_without_the_token_is_refused(two_nodes):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"{cluster.dashboard_url}/api/jobs/", timeout=30)
     assert refused.value.code == 401
-    wrong_token = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}
+    wrong_token = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": "0" * 64,
+        # Ray tries a refused connection again every second, 20 times by default.
+        "RAY_gcs_server_port_wait_time_s": "2",
+    }
     joined = subprocess.run(
         [sys.executable, "-c", f"import ray; ray.init(address='{cluster.gcs_address}')"],
         env=wrong_token,
