@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import ray.util.state
-from conftest import WSSS, answers_without_token, listeners, user_environment
+from conftest import WSSS, answers_without_token, listeners, process_tree, user_environment
 from ray._common.utils import get_ray_address_file
 
 from wsss.platform.datasets.manifest import load_dataset
 from wsss.platform.local_cluster import LocalCluster, NodeSpec, cluster_status
+from wsss.platform.ray_cluster import idle_workers_limit
 from wsss.platform.runners import REMOVE_NODE_ENV
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,6 +77,12 @@ def test_up_starts_each_node_on_its_own_loopback_address_with_its_limits(two_nod
         assert resources["CPU"] == 2 and resources[f"wsss_node_{index}"] == 1
         assert resources["memory"] == 4 * 1024**3
         assert resources["object_store_memory"] == 0.5 * 1024**3
+    # Each node's raylet keeps idle inference workers through a fit.
+    limit = f"RAY_num_workers_soft_limit={idle_workers_limit(2)}"
+    for node in cluster.nodes:
+        processes = process_tree(node.process_group)
+        raylets = [pid for pid in processes if "/raylet " in _command_line(pid)]
+        assert len(raylets) == 1 and limit in _environment(raylets[0]), node.address
 
 
 def test_a_client_without_the_token_is_refused(two_nodes):
@@ -124,6 +131,10 @@ def _process_group(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+def _environment(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/environ").read_text().split("\0")
 
 
 def _command_line(pid: int) -> str:

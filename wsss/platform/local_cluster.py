@@ -156,14 +156,17 @@ def node_environment() -> dict[str, str]:
     }
 
 
-def _node_start_environment() -> dict[str, str]:
-    """A node's: no metrics export, whose server would answer anyone on every interface; the
+def _node_start_environment(node: NodeSpec) -> dict[str, str]:
+    """`node`'s: no metrics export, whose server would answer anyone on every interface; the
     dashboard's metrics server on a free port, as two clusters on a machine would otherwise
-    both want Ray's fixed one."""
+    both want Ray's fixed one; idle inference workers kept through a fit."""
+    from wsss.platform.ray_cluster import idle_workers_limit
+
     environment = {
         **node_environment(),
         "RAY_enable_metrics_collection": "0",
         "DASHBOARD_METRIC_PORT": str(_free_port()),
+        "RAY_num_workers_soft_limit": str(idle_workers_limit(node.num_cpus)),
     }
     environment.pop(SINGLE_MACHINE_ENV, None)  # a worker node refuses to start in that mode
     return environment
@@ -240,7 +243,7 @@ def _start_node(node: NodeSpec, gcs_address: str, dashboard_port: int, folder: P
     with (folder / f"node-{node.index}.log").open("ab") as log:
         process = subprocess.Popen(
             _start_command(node, gcs_address, dashboard_port),
-            env=_node_start_environment(),
+            env=_node_start_environment(node),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -7,7 +7,7 @@ Its workers reach Ray's state API at the dashboard's address. On connecting, a c
 asks for more than the cluster can give is refused (`require_resources`); before a run, so is
 a cluster of several nodes that do not share the runs folder (`require_shared_storage`).
 
-A local cluster keeps idle inference workers through a fit (`idle_workers_limit`).
+The nodes the platform starts keep idle inference workers through a fit (`idle_workers_limit`).
 Every worker of a job (local cluster or joined) sets up its logging with
 `wsss.platform.console.setup_worker_logging`, so its `wsss` lines reach the driver's console.
 The driver's Ray Data progress bars are off: the platform counts its stages itself.
@@ -123,7 +123,7 @@ def _connection(config: RayConfig) -> Iterator[str]:
             _memory=int(config.memory_gb * GIB),
             object_store_memory=int(config.object_store_gb * GIB),
             _node_ip_address=config.node_ip_address,
-            _system_config={"num_workers_soft_limit": idle_workers_limit(config)},
+            _system_config={"num_workers_soft_limit": idle_workers_limit(config.num_cpus)},
             include_dashboard=True,
             dashboard_host=config.dashboard_host,
             dashboard_port=dashboard_port,
@@ -148,14 +148,15 @@ def _connection(config: RayConfig) -> Iterator[str]:
         ray.shutdown()
 
 
-def idle_workers_limit(config: RayConfig) -> int:
-    """Ray's `num_workers_soft_limit` for a local cluster: above it the raylet ends idle worker
-    processes, the longest idle first. At Ray's default, the CPU count, the task workers a fit's
-    data pipelines leave idle pushed out the inference workers that sat idle during the fit,
-    with PyTorch imported and their model made, and the next pass started new ones. This
-    leaves room for one inference worker per CPU beside as many idle processes as a fit runs
-    (its workers and helpers); each idle one holds its imports' memory until the job ends."""
-    return config.num_cpus + config.num_workers + FIT_HELPER_PROCESSES
+def idle_workers_limit(num_cpus: int) -> int:
+    """Ray's `num_workers_soft_limit` for a node of `num_cpus` that the platform starts: above
+    it the raylet ends idle worker processes, the longest idle first. At Ray's default, the CPU
+    count, the task workers that a fit's data pipelines leave idle pushed out the inference
+    workers that sat idle during the fit, with PyTorch imported and their model made, and the
+    next pass started new ones. This leaves room for one inference worker per CPU beside a
+    fit's helpers and a Train worker per CPU; each idle one holds its imports' memory until the
+    job ends."""
+    return 2 * num_cpus + FIT_HELPER_PROCESSES
 
 
 @contextmanager

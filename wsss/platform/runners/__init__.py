@@ -122,8 +122,8 @@ def map_through_model(
     # Ray runs a job's CPU tasks in the worker processes it keeps, where an actor pool starts
     # new ones every pass: a later pass (the dense CRF after the CAMs, the pseudo masks after
     # IRNet's fit, a sweep's evaluations) finds PyTorch imported and, the same model asked for
-    # again, loaded; a local cluster keeps them through a fit (`idle_workers_limit`). Ray gives
-    # a GPU task a new process every time, hence the actors there.
+    # again, loaded; the nodes the platform starts keep them through a fit
+    # (`idle_workers_limit`). Ray gives a GPU task a new process every time, hence the actors.
     return dataset.map_batches(
         _through_loaded(model_class),
         fn_kwargs={"constructor_kwargs": constructor_kwargs},
