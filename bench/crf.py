@@ -54,7 +54,7 @@ import numpy as np
 import ray
 import ray.data
 
-from wsss.platform.config import ClassificationConfig, SyntheticConfig
+from wsss.platform.config import ClassificationConfig, RayConfig, SyntheticConfig
 from wsss.platform.datasets.images import read_mask
 from wsss.platform.datasets.manifest import (
     DatasetInfo,
@@ -231,7 +231,9 @@ def bench_ray(inputs: CrfInputs, num_cpus: int) -> Pass:
         classes = len(inputs.info.classes)
 
         def run(rows: list[ManifestRow]) -> dict[str, ConfusionMatrix]:
-            stage = step1_cams.crf_stage(rows, inputs.info, inputs.config, inputs.step_dir)
+            stage = step1_cams.crf_stage(
+                rows, inputs.info, inputs.config, inputs.step_dir, RayConfig(num_cpus=num_cpus)
+            )
             return total_confusions(stage, inputs.columns, classes)
 
         run(inputs.rows[: step1_cams.CRF_BATCH * num_cpus])

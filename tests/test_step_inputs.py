@@ -5,6 +5,7 @@ import math
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -12,14 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray.data
+import ray.util.state
 import torch
 
 from wsss.platform.config import ConfigError, RayConfig, SyntheticConfig, TTAConfig, load_config
 from wsss.platform.datasets.manifest import ORACLE_MASK_DIR, ManifestRow, load_dataset
 from wsss.platform.datasets.synthetic.writing import build_synthetic_dataset
 from wsss.platform.runners import (
+    TASKS_PER_CPU,
     CamFileError,
     StepInputError,
+    cpu_tasks,
     map_through_model,
     read_cams,
     require_inputs,
@@ -186,6 +190,42 @@ def test_the_inference_workers_outlive_the_task_workers_a_fit_starts(ray_cluster
     time.sleep(3)
     second = {row["instance"] for row in _through_witness("a", ray_config)}
     assert second <= first
+
+
+def test_a_cpu_pass_keeps_the_next_task_queued_behind_each_running_one(ray_cluster, tmp_path: Path):
+    """While every CPU of the cluster runs a task of a pass, the pass has its next tasks
+    submitted already, so a worker gets the next one as its task returns (Ray Data's budget
+    had submitted a task only once one ended); counted on the cluster's CPUs, not on the
+    `ray.num_cpus` the config asks a local cluster for. The first tasks hold their CPUs until
+    the test has seen the rest."""
+    ray_config = RayConfig(num_cpus=1)
+    gate = tmp_path / "gate"
+
+    def gated_batch(batch: dict[str, np.ndarray], gate: str) -> dict[str, np.ndarray]:
+        deadline = time.monotonic() + 120
+        while not Path(gate).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return batch
+
+    in_flight = TASKS_PER_CPU * int(ray.cluster_resources()["CPU"])
+    assert in_flight > TASKS_PER_CPU * ray_config.num_cpus
+    rows = ray.data.from_items([{"id": i} for i in range(2 * in_flight)])
+    mapped = cpu_tasks(rows, gated_batch, {"gate": str(gate)}, 1, ray_config)
+    out: list[dict] = []
+    consumer = threading.Thread(target=lambda: out.extend(mapped.iter_rows()))
+    consumer.start()
+    try:
+        deadline, submitted = time.monotonic() + 60, []
+        while len(submitted) < in_flight and time.monotonic() < deadline:
+            time.sleep(0.5)
+            submitted = ray.util.state.list_tasks(
+                filters=[("name", "=", "MapBatches(gated_batch)")], raise_on_missing_output=False
+            )
+    finally:
+        gate.touch()
+        consumer.join(timeout=120)
+    assert len(submitted) == in_flight, [task.state for task in submitted]
+    assert sorted(row["id"] for row in out) == list(range(2 * in_flight))
 
 
 def _rows(train: int, val: int) -> list[ManifestRow]:

@@ -97,6 +97,44 @@ def inference_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+# Tasks a CPU pass keeps submitted per CPU: one running, the next waiting in the submitting
+# process, which hands it to the worker freed by the one before (`cpu_tasks`).
+TASKS_PER_CPU = 2
+
+
+def cpu_tasks(
+    dataset: ray.data.Dataset,
+    function: Callable[..., dict[str, np.ndarray]],
+    fn_kwargs: dict[str, Any],
+    batch_size: int,
+    ray_config: RayConfig,
+) -> ray.data.Dataset:
+    """`dataset` mapped batch by batch through `function(batch, **fn_kwargs)` as single-CPU
+    Ray tasks, `TASKS_PER_CPU` in flight for each CPU of the cluster (`ray.num_cpus` at least,
+    where an autoscaling cluster has not grown yet): how the platform runs a pass on CPUs
+    (batch inference, the dense CRF). Each CPU runs one and has the next queued behind it.
+
+    Ray Data budgets the CPUs its operators may take and submits a task only when the budget
+    has room, so each task was submitted after one ended, and its CPU sat idle for the round
+    trip (its first batch waited for the budget's first update too). With Ray Data's
+    per-operator reservation off, its concurrency cap bounds the tasks in flight instead:
+    `TASKS_PER_CPU` a CPU, so the next task is already queued where it was submitted and Ray
+    hands it to the worker the moment the one before returns. These passes are one operator
+    over an in-memory row list, where the reservation (which keeps a pipeline's stages from
+    starving each other) has nothing to share."""
+    cpus = max(ray_config.num_cpus, int(ray.cluster_resources().get("CPU", 0)))
+    mapped = dataset.map_batches(
+        function,
+        fn_kwargs=fn_kwargs,
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.TaskPoolStrategy(size=TASKS_PER_CPU * cpus),
+        num_cpus=1,
+    )
+    mapped.context.op_resource_reservation_enabled = False
+    return mapped
+
+
 def map_through_model(
     dataset: ray.data.Dataset,
     model_class: type,
@@ -106,10 +144,8 @@ def map_through_model(
 ) -> ray.data.Dataset:
     """`dataset` mapped batch by batch through `model_class(**constructor_kwargs)`, a callable
     that loads its model when made: how every step's batch inference runs. With
-    `ray.use_gpu`, on a pool of one actor per GPU of the cluster; on CPUs, as single-CPU tasks,
-    `ray.num_cpus` at a time, each worker process making the callable once and keeping it
-    (`loaded_model`)."""
-    options: dict[str, Any] = {"batch_size": batch_size, "batch_format": "numpy"}
+    `ray.use_gpu`, on a pool of one actor per GPU of the cluster; on CPUs, as `cpu_tasks`,
+    each worker process making the callable once and keeping it (`loaded_model`)."""
     if ray_config.use_gpu:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         return dataset.map_batches(
@@ -117,19 +153,20 @@ def map_through_model(
             fn_constructor_kwargs=constructor_kwargs,
             compute=ray.data.ActorPoolStrategy(size=max(1, gpus)),
             num_gpus=1,
-            **options,
+            batch_size=batch_size,
+            batch_format="numpy",
         )
     # Ray runs a job's CPU tasks in the worker processes it keeps, where an actor pool starts
     # new ones every pass: a later pass (the dense CRF after the CAMs, the pseudo masks after
     # IRNet's fit, a sweep's evaluations) finds PyTorch imported and, the same model asked for
     # again, loaded; the nodes the platform starts keep them through a fit
     # (`idle_workers_limit`). Ray gives a GPU task a new process every time, hence the actors.
-    return dataset.map_batches(
+    return cpu_tasks(
+        dataset,
         _through_loaded(model_class),
-        fn_kwargs={"constructor_kwargs": constructor_kwargs},
-        compute=ray.data.TaskPoolStrategy(size=ray_config.num_cpus),
-        num_cpus=1,
-        **options,
+        {"constructor_kwargs": constructor_kwargs},
+        batch_size,
+        ray_config,
     )
 
 

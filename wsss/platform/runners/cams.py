@@ -21,7 +21,7 @@ import ray.data
 import torch
 import torch.nn.functional as F
 
-from wsss.platform.config import ClassificationConfig, WsssConfig
+from wsss.platform.config import ClassificationConfig, RayConfig, WsssConfig
 from wsss.platform.console import Progress
 from wsss.platform.datasets.images import read_mask, read_rgb, write_palette_png
 from wsss.platform.datasets.manifest import DatasetInfo, ManifestRow, with_oracle_masks
@@ -32,6 +32,7 @@ from wsss.platform.runners import (
     SCORED_SPLITS,
     CamLabels,
     confusion_batch,
+    cpu_tasks,
     inference_device,
     map_through_model,
     read_cams,
@@ -226,23 +227,22 @@ def refine_and_score(
 
 
 def crf_stage(
-    rows: Sequence[ManifestRow], info: DatasetInfo, config: ClassificationConfig, step_dir: Path
+    rows: Sequence[ManifestRow],
+    info: DatasetInfo,
+    config: ClassificationConfig,
+    step_dir: Path,
+    ray_config: RayConfig,
 ) -> ray.data.Dataset:
     """Step 1's dense-CRF stage over `rows` whose CAMs are in `step_dir` (lazy):
-    `refine_and_score` as parallel single-CPU tasks of `CRF_BATCH` images, writing its IR
-    labels and masks to `step_dir`."""
-    return rows_dataset(rows).map_batches(
-        refine_and_score,
-        fn_kwargs={
-            "root": str(info.root),
-            "num_classes": len(info.classes),
-            "config": config,
-            "step_dir": str(step_dir),
-        },
-        batch_size=CRF_BATCH,
-        batch_format="numpy",
-        num_cpus=1,
-    )
+    `refine_and_score` as `cpu_tasks` of `CRF_BATCH` images, writing its IR labels and masks
+    to `step_dir`."""
+    fn_kwargs = {
+        "root": str(info.root),
+        "num_classes": len(info.classes),
+        "config": config,
+        "step_dir": str(step_dir),
+    }
+    return cpu_tasks(rows_dataset(rows), refine_and_score, fn_kwargs, CRF_BATCH, ray_config)
 
 
 def cam_rows(rows: list[ManifestRow], root: Path) -> list[ManifestRow]:
@@ -310,7 +310,7 @@ def extract_cams(
     train_top_scores = write_cam_files(config, info, wanted, model_files, cam_dir)
     mask_splits = scored_splits(wanted, MASK_SCORED_SPLITS)
     totals = total_confusions(
-        crf_stage(wanted, info, config.step1, step_dir),
+        crf_stage(wanted, info, config.step1, step_dir, config.ray),
         scored_columns(CAM_METRICS, mask_splits),
         len(info.classes),
         Progress("[step1] dense CRF", len(wanted)),
