@@ -5,10 +5,10 @@ For each pass, the same images go through the same model class, with the same se
 - platform: the runner's own function, as a run calls it, on a local Ray cluster of the
   preset's `ray` settings (`cams.write_cam_files` for step 1's CAMs, `irnet.make_pseudo_masks`
   for step 2's pseudo masks, `segmentation.evaluate_segmenter` with the variants a run scores,
-  the plain model and its TTA): Ray Data's single-CPU tasks, one per CPU at a time, the
-  driver summing what they return. Timed from the call to its return, so the workers'
-  start-up (worker processes importing torch, each loading its model) is inside; the cluster's
-  own start-up is not.
+  the plain model and its TTA): Ray Data's single-CPU tasks, one running per CPU and the
+  next queued behind it (`runners.cpu_tasks`), the driver summing what they return. Timed
+  from the call to its return, so the workers' start-up (worker processes importing torch,
+  each loading its model) is inside; the cluster's own start-up is not.
 - plain: one process without Ray, which makes the model class (`CamExtractor`, `PseudoMaskWriter`,
   `SegmenterScorer`: its model loaded, timed too) and calls it on the same batches of rows in
   turn, with torch threads set to the cluster's CPUs, and sums its outputs as the runner does.
