@@ -115,8 +115,8 @@ def cpu_tasks(
     (batch inference, the dense CRF). Each CPU runs one and has the next queued behind it.
 
     Ray Data budgets the CPUs its operators may take and submits a task only when the budget
-    has room, so each task was submitted after one ended, and its CPU sat idle for the round
-    trip (its first batch waited for the budget's first update too). With Ray Data's
+    has room: left to it, a pass submits each task after one ends, and that CPU sits idle for
+    the round trip (the first batches wait for the budget's first update too). With Ray Data's
     per-operator reservation off, its concurrency cap bounds the tasks in flight instead:
     `TASKS_PER_CPU` a CPU, so the next task is already queued where it was submitted and Ray
     hands it to the worker the moment the one before returns. These passes are one operator
