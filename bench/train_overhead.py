@@ -12,6 +12,8 @@ as a run builds them, with `--epochs` epochs) is trained twice on the preset's s
   optimizer (`make_optimizer`), schedule (`make_scheduler`), optimizer step (`train_step`) and
   validation (`evaluate`); torch threads set to the total the platform's workers use (asked of
   a Ray task with the worker's CPUs).
+With `--repeats`, each round trains the platform's run anew and then the plain loop, in turn (the
+machine's speed drifts over minutes), and the figures are the rounds' medians.
 Both count the train images an epoch feeds (`items x copies`, the remainder DDP leaves out
 included) over the same `--epochs`, so `ratio = platform_img_s / plain_img_s` is what the
 platform keeps of the plain loop's speed, with the decoding and feeding it has to do and the
@@ -26,9 +28,10 @@ masks hold changes what the models learn, not how long a step takes.
 
 Prints progress, and one JSON line per step, the last line holding every step:
 `{"step", "platform_img_s", "platform_epoch_img_s", "plain_img_s", "ratio", "epoch_ratio",
-"startup_s", "images", "threads"}`.
+"startup_s", "images", "threads", "repeats"}`.
 
-Run: `python bench/train_overhead.py [--preset demo] [--epochs 2] [--steps step1,step2,step3]`.
+Run: `python bench/train_overhead.py [--preset demo] [--epochs 2] [--steps step1,step2,step3]
+[--repeats 1]`.
 """
 
 # wsss sets RAY_AUTH_MODE for the clusters it starts, and Ray reads that once, when imported.
@@ -37,6 +40,7 @@ import wsss  # noqa: F401  # isort: skip
 import argparse
 import json
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -121,35 +125,50 @@ def measure(
     name: str,
     task: TrainTask,
     config: WsssConfig,
-    train_platform: Callable[[], list[dict[str, Any]]],
+    train_platform: Callable[[int], list[dict[str, Any]]],
     threads: int,
+    repeats: int = 1,
 ) -> dict[str, Any]:
-    """Platform and plain throughput of `task`; `train_platform` trains it on the platform and
-    returns the history."""
+    """Platform and plain throughput of `task` over `repeats` rounds, each training it on the
+    platform (`train_platform(round)`, a fresh run that returns its history) and then in the
+    plain loop; the figures are the rounds' medians."""
     images = epoch_images(task.train_data, task.epochs)
-    print(f"[{name}] platform: {task.epochs} epochs of {images // task.epochs} images", flush=True)
-    start = time.perf_counter()
-    history = train_platform()
-    platform_s = time.perf_counter() - start
-    epochs_s = sum(row["epoch_s"] for row in history)
-    print(f"[{name}] platform {platform_s:.1f} s ({epochs_s:.1f} s in epochs)", flush=True)
-
     global_batch = task.batch_size * config.ray.num_workers
-    print(f"[{name}] plain: drawing the batches (untimed)", flush=True)
-    train = [drawn_batches(task.train_data, e, global_batch) for e in range(task.epochs)]
-    val = drawn_batches(task.val_data, 0, global_batch) if task.val_data else []
-    plain_s = plain_loop(task, train, val, threads)
-    print(f"[{name}] plain {plain_s:.1f} s on {threads} threads", flush=True)
+    train: list[list[Batch]] | None = None
+    val: list[Batch] = []
+    platform_s, epochs_s, plain_s = [], [], []
+    for round_ in range(repeats):
+        print(
+            f"[{name}] round {round_ + 1}/{repeats}, platform: {task.epochs} epochs of "
+            f"{images // task.epochs} images",
+            flush=True,
+        )
+        start = time.perf_counter()
+        history = train_platform(round_)
+        platform_s.append(time.perf_counter() - start)
+        epochs_s.append(sum(row["epoch_s"] for row in history))
+        print(
+            f"[{name}] platform {platform_s[-1]:.1f} s ({epochs_s[-1]:.1f} s in epochs)",
+            flush=True,
+        )
+        if train is None:  # after the first platform run, which starts as cold as in a run
+            print(f"[{name}] plain: drawing the batches (untimed)", flush=True)
+            train = [drawn_batches(task.train_data, e, global_batch) for e in range(task.epochs)]
+            val = drawn_batches(task.val_data, 0, global_batch) if task.val_data else []
+        plain_s.append(plain_loop(task, train, val, threads))
+        print(f"[{name}] plain {plain_s[-1]:.1f} s on {threads} threads", flush=True)
+    platform, epochs, plain = (statistics.median(t) for t in (platform_s, epochs_s, plain_s))
     result = {
         "step": name,
-        "platform_img_s": round(images / platform_s, 2),
-        "platform_epoch_img_s": round(images / epochs_s, 2),
-        "plain_img_s": round(images / plain_s, 2),
-        "ratio": round(plain_s / platform_s, 3),
-        "epoch_ratio": round(plain_s / epochs_s, 3),
-        "startup_s": round(platform_s - epochs_s, 1),
+        "platform_img_s": round(images / platform, 2),
+        "platform_epoch_img_s": round(images / epochs, 2),
+        "plain_img_s": round(images / plain, 2),
+        "ratio": round(plain / platform, 3),
+        "epoch_ratio": round(plain / epochs, 3),
+        "startup_s": round(platform - epochs, 1),
         "images": images,
         "threads": threads,
+        "repeats": repeats,
     }
     print(json.dumps(result), flush=True)
     return result
@@ -180,11 +199,14 @@ def main() -> None:
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--steps", default=",".join(STEPS), help="comma-separated")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds per step (medians)")
     args = parser.parse_args()
     steps = args.steps.split(",")
     unknown = sorted(set(steps) - set(STEPS))
     if unknown:
         parser.error(f"--steps: unknown {unknown}; known: {', '.join(STEPS)}")
+    if args.repeats < 1:
+        parser.error("--repeats: at least 1")
     config = with_epochs(load_config(args.preset), args.epochs)
 
     results = []
@@ -200,10 +222,12 @@ def main() -> None:
             if "step1" in steps:
                 task, _ = classifier_task(config, info, rows)
 
-                def step1() -> list[dict[str, Any]]:
-                    return train_classifier(config, info, rows, step_dir).history
+                def step1(round_: int) -> list[dict[str, Any]]:
+                    # Round 1's classifier stands in for step 1 below; later rounds train anew.
+                    folder = step_dir if round_ == 0 else work / f"step1-round{round_ + 1}"
+                    return train_classifier(config, info, rows, folder).history
 
-                results.append(measure("step1", task, config, step1, threads))
+                results.append(measure("step1", task, config, step1, threads, args.repeats))
             tasks = {}
             if {"step2", "step3"} & set(steps):
                 step1_output = stand_in_step1(config, info, rows, step_dir)
@@ -213,10 +237,12 @@ def main() -> None:
             for name, task in tasks.items():
                 if name in steps:
 
-                    def train(task: TrainTask = task, name: str = name) -> list[dict[str, Any]]:
-                        return fit(task, config.ray, storage, name).history
+                    def train(
+                        round_: int, task: TrainTask = task, name: str = name
+                    ) -> list[dict[str, Any]]:
+                        return fit(task, config.ray, storage, f"{name}-round{round_ + 1}").history
 
-                    results.append(measure(name, task, config, train, threads))
+                    results.append(measure(name, task, config, train, threads, args.repeats))
     print(json.dumps({"preset": args.preset, "epochs": args.epochs, "steps": results}))
 
 

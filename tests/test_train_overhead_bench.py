@@ -3,6 +3,7 @@ given, and a plain loop that steps once per batch and validates once per epoch."
 
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import ray.data
 import torch
@@ -81,3 +82,46 @@ def test_the_plain_loop_steps_once_per_batch_and_validates_once_per_epoch(monkey
     assert seconds > 0
     assert calls == {"steps": 5, "evaluations": 2, "threads": {1}}
     assert torch.get_num_threads() == threads
+
+
+def test_each_round_runs_the_platform_then_the_plain_loop_and_the_figures_are_medians(
+    monkeypatch,
+) -> None:
+    """Three rounds: platform runs of 40, 20 and 30 s (epochs 30, 10, 20 s) and plain loops of
+    10, 30 and 20 s give medians 30, 20 and 20 s; the batches are drawn once, after the first
+    platform run."""
+    clock = {"now": 0.0}
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: clock["now"]))
+    calls: list[str] = []
+
+    def draw(data, epoch, batch_size):
+        calls.append(f"draw {epoch}")
+        return []
+
+    plain_seconds = iter([10.0, 30.0, 20.0])
+
+    def plain(task, train, val, threads):
+        calls.append("plain")
+        return next(plain_seconds)
+
+    def platform(round_: int) -> list[dict]:
+        calls.append(f"platform {round_}")
+        clock["now"] += [40.0, 20.0, 30.0][round_]
+        return [{"epoch_s": [20.0, 0.0, 10.0][round_]}, {"epoch_s": 10.0}]
+
+    monkeypatch.setattr(bench, "drawn_batches", draw)
+    monkeypatch.setattr(bench, "plain_loop", plain)
+    task = TrainTask(
+        "toy", lambda: nn.Linear(1, 1), _groups, _loss,
+        EpochData(list(range(60)), _from_items, seed=0), epochs=2, batch_size=2,
+    )  # fmt: skip
+    config = SimpleNamespace(ray=SimpleNamespace(num_workers=2))
+    result = bench.measure("toy", task, config, platform, threads=2, repeats=3)
+    assert calls == ["platform 0", "draw 0", "draw 1", "plain", "platform 1", "plain",
+                     "platform 2", "plain"]  # fmt: skip
+    assert result["images"] == 120 and result["repeats"] == 3
+    assert result["platform_img_s"] == 4.0  # 120 images / 30 s
+    assert result["platform_epoch_img_s"] == 6.0  # / 20 s
+    assert result["plain_img_s"] == 6.0
+    assert result["ratio"] == 0.667 and result["epoch_ratio"] == 1.0
+    assert result["startup_s"] == 10.0
