@@ -18,7 +18,10 @@ def test_every_setting_is_a_valid_change_of_the_preset():
     assert configs["preset"].data.synthetic.num_classes == 6
     assert configs["classes_40"].data.synthetic.num_classes == 40
     assert configs["seed_1"].seed == 1
-    assert configs["missing_labels_0.7"].data.synthetic.missing_label_rate == 0.7
+    missing = configs["missing_labels_0.7"]
+    assert missing.data.synthetic.missing_label_rate == 0.7
+    # The class whose labels go missing is one the recipe learns.
+    assert missing.data.synthetic.dominant_class not in missing.step1.exclude_classes
     assert configs["size_64"].data.image_size == configs["size_64"].data.synthetic.image_size
     assert len({c.name for c in configs.values()}) == len(configs)
 
