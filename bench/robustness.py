@@ -1,9 +1,10 @@
 """Robustness benchmark: does the demo recipe hold on built-in data that differs from the demo's
 the way users' data does?
 
-Runs `--preset` (the demo) unchanged on a small grid of built-in data settings (`SETTINGS`):
-the demo itself, four times as many classes, another seed (data and models), a larger share
-of missing `person` labels with `person` learnt (not excluded from step 1), smaller images.
+Runs `--preset` (the demo) on a small grid of built-in data settings (`SETTINGS`): the demo
+itself, four times as many classes, another seed (data and models), a larger share of missing
+`person` labels with `person` learnt (not excluded from step 1), smaller images; the recipe is
+the preset's in each but for that one key.
 Each setting is one weak run (`run_pipeline`) and the same DeepLabV3+ and budget trained on
 the train images' true masks (`bench/quality.py`'s `full_supervision`), in one Ray session;
 steps whose settings two runs share come from the step store.
